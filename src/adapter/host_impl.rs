@@ -1,0 +1,70 @@
+//! The host traits implemented over the proxy-wasm ABI.
+
+use super::ffi;
+use crate::host::{HostError, Level, SetError, SharedStore, Stat, Telemetry};
+use hashbrown::HashMap;
+
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        ffi::get_shared(key).map_err(HostError)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
+        match ffi::set_shared(key, value, cas) {
+            ffi::OK => Ok(()),
+            ffi::CAS_MISMATCH => Err(SetError::CasMismatch),
+            other => Err(SetError::Host(HostError(other))),
+        }
+    }
+}
+
+/// Envoy stats (defined lazily, once per VM and name) and Envoy's log.
+#[derive(Default)]
+pub struct HostTelemetry {
+    ids: HashMap<(String, Stat), Option<u32>>,
+}
+
+impl HostTelemetry {
+    fn id(&mut self, canary: &str, stat: Stat) -> Option<u32> {
+        if let Some(id) = self.ids.get(&(canary.to_string(), stat)) {
+            return *id;
+        }
+        let kind = if stat.is_gauge() { ffi::GAUGE } else { ffi::COUNTER };
+        let id = ffi::define_metric(kind, &stat.full_name(canary));
+        self.ids.insert((canary.to_string(), stat), id);
+        id
+    }
+
+    /// Defines every stat of a canary up front so all show in /stats from the start.
+    pub fn define_all(&mut self, canary: &str) {
+        for stat in Stat::ALL {
+            self.id(canary, stat);
+        }
+    }
+}
+
+impl Telemetry for HostTelemetry {
+    fn gauge(&mut self, canary: &str, stat: Stat, value: u64) {
+        if let Some(id) = self.id(canary, stat) {
+            ffi::record_metric(id, value);
+        }
+    }
+
+    fn count(&mut self, canary: &str, stat: Stat, delta: u64) {
+        if let Some(id) = self.id(canary, stat) {
+            ffi::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn log(&mut self, level: Level, message: &str) {
+        let level = match level {
+            Level::Debug => 1,
+            Level::Info => 2,
+            Level::Warn => 3,
+            Level::Error => 4,
+        };
+        ffi::log(level, message);
+    }
+}

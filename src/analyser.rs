@@ -1,0 +1,227 @@
+//! The analyser of one canary: on each tick, if this context leads, it starts the analysis of a
+//! new revision, and when a check is due it sums the workers' tallies over each metric's window,
+//! judges them, and writes the next state with compare-and-swap.
+
+use crate::analysis::{check, is_due, start, summary, Event, Logged};
+use crate::checks::evaluate;
+use crate::config::{self, Config};
+use crate::host::{Level, SharedStore, Stat, Telemetry};
+use crate::keys::Keys;
+use crate::lease::{self, HolderKind};
+use crate::routing::Side;
+use crate::slots::read_all;
+use crate::state::CanaryState;
+use crate::tally::{Tally, Totals};
+use crate::worker::registered;
+use hashbrown::HashMap;
+
+/// A leader that stops renewing (its worker went away) is replaced after this long.
+pub const LEASE_TTL_MS: u64 = 2_000;
+/// How often the leader refreshes the tallied-totals gauges between checks.
+const TOTALS_EVERY_MS: u64 = 250;
+
+pub struct Analyser {
+    pub cfg: Config,
+    keys: Keys,
+    token: u64,
+    kind: HolderKind,
+    leading: bool,
+    totals_at_ms: Option<u64>,
+    suspended_logged: bool,
+    corrupt_logged: bool,
+}
+
+impl Analyser {
+    pub fn new(cfg: Config, token: u64, kind: HolderKind) -> Self {
+        Analyser {
+            keys: Keys::new(&cfg.name),
+            cfg,
+            token,
+            kind,
+            leading: false,
+            totals_at_ms: None,
+            suspended_logged: false,
+            corrupt_logged: false,
+        }
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.leading
+    }
+
+    pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+        let lead = lease::try_lead(store, &self.keys.lease, self.token, self.kind, now_ms, LEASE_TTL_MS);
+        if lead != self.leading {
+            self.leading = lead;
+            let who = match self.kind {
+                HolderKind::Singleton => "singleton",
+                HolderKind::Worker => "worker (leader election)",
+            };
+            let msg = if lead { "acquired" } else { "lost" };
+            tel.log(Level::Info, &format!("canary {}: {msg} the analyser lease as {who}", self.cfg.name));
+        }
+        if !lead {
+            return;
+        }
+
+        let (state, cas) = match store.get(&self.keys.state) {
+            Ok(Some((bytes, cas))) => (CanaryState::decode(&bytes), cas),
+            Ok(None) => (None, 0),
+            Err(_) => return,
+        };
+        let name = self.cfg.name.clone();
+        let state = match state {
+            Some(s) if s.revision == self.cfg.revision => s,
+            previous => {
+                // A new revision (or no readable state): a new analysis from the first step.
+                if let Some(p) = previous {
+                    tel.log(
+                        Level::Info,
+                        &format!("canary {name}: revision {} -> {}, previous phase {}", p.revision, self.cfg.revision, p.phase.name()),
+                    );
+                }
+                let (next, events) = start(&self.cfg, now_ms);
+                if store.set(&self.keys.state, &next.encode(), cas).is_ok() {
+                    self.publish_state(tel, &next);
+                    self.log_events(tel, &events);
+                }
+                return;
+            }
+        };
+        self.publish_state(tel, &state);
+
+        if self.cfg.suspend {
+            if !self.suspended_logged {
+                tel.log(Level::Info, &format!("canary {name} rev {}: suspended, weight held at {} in phase {}", self.cfg.revision, state.weight, state.phase.name()));
+                self.suspended_logged = true;
+            }
+            return;
+        }
+        self.suspended_logged = false;
+
+        let due = is_due(&self.cfg, &state, now_ms);
+        if !due && self.totals_at_ms.is_some_and(|t| now_ms < t + TOTALS_EVERY_MS) {
+            return;
+        }
+        let (slots, corrupt) = read_all(store, &self.keys);
+        if corrupt > 0 && !self.corrupt_logged {
+            tel.log(Level::Warn, &format!("canary {name}: ignored {corrupt} unreadable tally slot(s)"));
+        }
+        self.corrupt_logged = corrupt > 0;
+        let mut totals = Totals::default();
+        slots.iter().for_each(|s| totals.add(&s.totals));
+        tel.gauge(&name, Stat::TalliedStableRequests, totals.stable_requests);
+        tel.gauge(&name, Stat::TalliedStable5xx, totals.stable_errors);
+        tel.gauge(&name, Stat::TalliedCanaryRequests, totals.canary_requests);
+        tel.gauge(&name, Stat::TalliedCanary5xx, totals.canary_errors);
+        self.totals_at_ms = Some(now_ms);
+        if !due {
+            return;
+        }
+
+        let a = &self.cfg.analysis;
+        let results: Vec<_> = a
+            .metrics
+            .iter()
+            .map(|m| {
+                // Only this revision's outcomes: the window never reaches before its start.
+                let from = now_ms.saturating_sub(m.window_ms).max(state.started_ms);
+                let mut window = Tally::default();
+                slots.iter().for_each(|s| s.window(Side::Canary, from, now_ms, &mut window));
+                evaluate(m, a.min_requests, &window)
+            })
+            .collect();
+        let (next, events) = check(&self.cfg, &state, &results, now_ms);
+        // CAS on the value we read: if anyone else stepped the state since, this step is void.
+        if store.set(&self.keys.state, &next.encode(), cas).is_err() {
+            return;
+        }
+        tel.count(&name, Stat::Checks, 1);
+        if events.iter().all(|e| matches!(e, Event::Advance { .. } | Event::Iteration { .. })) {
+            tel.log(Level::Debug, &format!("canary {name} rev {}: checks passed: {}", self.cfg.revision, summary(&results)));
+        }
+        self.publish_state(tel, &next);
+        self.log_events(tel, &events);
+    }
+
+    fn publish_state(&self, tel: &mut dyn Telemetry, s: &CanaryState) {
+        let name = &self.cfg.name;
+        tel.gauge(name, Stat::Weight, u64::from(s.weight));
+        tel.gauge(name, Stat::Phase, s.phase as u64);
+        tel.gauge(name, Stat::FailedChecks, u64::from(s.failed_checks));
+    }
+
+    fn log_events(&self, tel: &mut dyn Telemetry, events: &[Event]) {
+        for e in events {
+            let level = match e {
+                Event::RolledBack { .. } | Event::Halt { .. } => Level::Warn,
+                _ => Level::Info,
+            };
+            match e {
+                Event::RolledBack { .. } => tel.count(&self.cfg.name, Stat::Rollbacks, 1),
+                Event::PromotionCompleted | Event::Skipped => tel.count(&self.cfg.name, Stat::Promotions, 1),
+                _ => {}
+            }
+            let line = Logged { name: &self.cfg.name, revision: &self.cfg.revision, event: e }.to_string();
+            tel.log(level, &line);
+        }
+    }
+
+    pub fn shutdown(&mut self, store: &dyn SharedStore) {
+        if self.leading {
+            lease::release(store, &self.keys.lease, self.token);
+            self.leading = false;
+        }
+    }
+}
+
+/// The bootstrap singleton: analyses every canary whose filters registered in this proxy, with
+/// the configuration those filters published (so an xDS update of the filter reaches it).
+pub struct Singleton {
+    token: u64,
+    analysers: HashMap<String, (Vec<u8>, Analyser)>,
+}
+
+impl Singleton {
+    pub fn new(token: u64) -> Self {
+        Singleton { token, analysers: HashMap::new() }
+    }
+
+    pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+        for name in registered(store) {
+            let raw = match store.get(&Keys::new(&name).config) {
+                Ok(Some((bytes, _))) => bytes,
+                _ => continue,
+            };
+            let fresh = self.analysers.get(&name).is_none_or(|(seen, _)| *seen != raw);
+            if fresh {
+                match config::parse(&raw) {
+                    Ok(cfg) if cfg.name == name => {
+                        tel.log(Level::Info, &format!("canary {name} rev {}: singleton analyser picked up the configuration", cfg.revision));
+                        let mut analyser = Analyser::new(cfg, self.token, HolderKind::Singleton);
+                        if let Some((_, old)) = self.analysers.get(&name) {
+                            analyser.leading = old.leading;
+                        }
+                        self.analysers.insert(name.clone(), (raw, analyser));
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        // Filters validate before publishing: this is corruption, never trusted.
+                        tel.log(Level::Error, &format!("canary {name}: published configuration is unreadable, not analysing: {e}"));
+                        self.analysers.remove(&name);
+                        continue;
+                    }
+                }
+            }
+            if let Some((_, a)) = self.analysers.get_mut(&name) {
+                a.tick(store, tel, now_ms);
+            }
+        }
+    }
+
+    pub fn shutdown(&mut self, store: &dyn SharedStore) {
+        for (_, a) in self.analysers.values_mut() {
+            a.shutdown(store);
+        }
+    }
+}

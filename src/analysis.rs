@@ -1,0 +1,298 @@
+//! The analysis state machine (Flagger semantics), pure: given the configuration, the current
+//! state and the metric results of one check, it returns the next state and the events to log.
+
+use crate::checks::{num, MetricResult};
+use crate::config::{Config, Steps};
+use crate::state::{CanaryState, Phase};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started { weight: u8 },
+    Skipped,
+    Advance { from: u8, to: u8 },
+    /// A/B testing: one more passing iteration.
+    Iteration { done: u32, of: u32 },
+    /// A check failed below the threshold: weight held.
+    Halt { reasons: Vec<String>, failed: u32, threshold: u32 },
+    PromotionStarted { weight: u8 },
+    PromotionCompleted,
+    RolledBack { reasons: Vec<String>, failed: u32, threshold: u32, from: u8 },
+}
+
+/// A decision, ready to log: `canary web rev v2: advance weight 10 -> 20`.
+pub struct Logged<'a> {
+    pub name: &'a str,
+    pub revision: &'a str,
+    pub event: &'a Event,
+}
+
+impl fmt::Display for Logged<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "canary {} rev {}: ", self.name, self.revision)?;
+        match self.event {
+            Event::Started { weight } => {
+                write!(f, "starting analysis, phase Progressing, weight 0 -> {weight}")
+            }
+            Event::Skipped => write!(f, "skipAnalysis is set, promoting at once: weight -> 100, phase Succeeded"),
+            Event::Advance { from, to } => write!(f, "advance weight {from} -> {to}"),
+            Event::Iteration { done, of } => write!(f, "checks passed, iteration {done}/{of}"),
+            Event::Halt { reasons, failed, threshold } => write!(
+                f,
+                "halt advancement, {} (failed checks {failed}/{threshold})",
+                reasons.join(", ")
+            ),
+            Event::PromotionStarted { weight } => {
+                write!(f, "promoting, phase Promoting, weight -> {weight}")
+            }
+            Event::PromotionCompleted => {
+                write!(f, "promotion completed, weight -> 100, phase Succeeded")
+            }
+            Event::RolledBack { reasons, failed, threshold, from } => write!(
+                f,
+                "rolling back, {} (failed checks {failed}/{threshold}), weight {from} -> 0, phase Failed",
+                reasons.join(", ")
+            ),
+        }
+    }
+}
+
+/// The state a new revision starts in.
+pub fn start(cfg: &Config, now_ms: u64) -> (CanaryState, Vec<Event>) {
+    let mut state = CanaryState::new(&cfg.revision, now_ms);
+    if cfg.skip_analysis {
+        state.phase = Phase::Succeeded;
+        state.weight = 100;
+        return (state, vec![Event::Skipped]);
+    }
+    state.weight = cfg.analysis.steps.first_weight();
+    (state.clone(), vec![Event::Started { weight: state.weight }])
+}
+
+/// Whether a check is due: the analysis is running, not suspended, and an interval has passed
+/// since the last one.
+pub fn is_due(cfg: &Config, state: &CanaryState, now_ms: u64) -> bool {
+    !cfg.suspend
+        && state.phase.is_running()
+        && now_ms >= state.last_check_ms.saturating_add(cfg.analysis.interval_ms)
+}
+
+/// Applies one check's results.
+pub fn check(
+    cfg: &Config,
+    state: &CanaryState,
+    results: &[MetricResult],
+    now_ms: u64,
+) -> (CanaryState, Vec<Event>) {
+    let a = &cfg.analysis;
+    let mut next = state.clone();
+    next.last_check_ms = now_ms;
+    let mut events = Vec::new();
+    let failures: Vec<String> = results.iter().filter(|r| !r.passed()).map(|r| r.to_string()).collect();
+
+    if !failures.is_empty() {
+        next.failed_checks = state.failed_checks.saturating_add(1);
+        if next.failed_checks >= a.threshold {
+            next.phase = Phase::Failed;
+            next.weight = 0;
+            events.push(Event::RolledBack {
+                reasons: failures,
+                failed: next.failed_checks,
+                threshold: a.threshold,
+                from: state.weight,
+            });
+        } else {
+            events.push(Event::Halt { reasons: failures, failed: next.failed_checks, threshold: a.threshold });
+        }
+        return (next, events);
+    }
+
+    if a.consecutive {
+        next.failed_checks = 0;
+    }
+    next.iterations = state.iterations.saturating_add(1);
+
+    if state.phase == Phase::Promoting {
+        promote_step(cfg, &mut next, &mut events);
+        return (next, events);
+    }
+    let advance = match &a.steps {
+        Steps::Iterations(n) if next.iterations < *n => {
+            events.push(Event::Iteration { done: next.iterations, of: *n });
+            return (next, events);
+        }
+        Steps::Iterations(_) => None,
+        steps => steps.next_weight(state.weight),
+    };
+    match advance {
+        Some(to) => {
+            next.weight = to;
+            events.push(Event::Advance { from: state.weight, to });
+        }
+        None => {
+            // A passing check at maxWeight promotes.
+            next.phase = Phase::Promoting;
+            promote_step(cfg, &mut next, &mut events);
+        }
+    }
+    (next, events)
+}
+
+fn promote_step(cfg: &Config, next: &mut CanaryState, events: &mut Vec<Event>) {
+    let step = cfg.analysis.promotion_step;
+    let to = if step == 0 { 100 } else { next.weight.saturating_add(step).min(100) };
+    next.weight = to;
+    if to >= 100 {
+        next.phase = Phase::Succeeded;
+        events.push(Event::PromotionCompleted);
+    } else {
+        events.push(Event::PromotionStarted { weight: to });
+    }
+}
+
+/// Short form of a passing check's figures for debug logs.
+pub fn summary(results: &[MetricResult]) -> String {
+    results
+        .iter()
+        .map(|r| match r.value {
+            Some(v) => format!("{} {} ({} req)", r.name, num(v), r.requests),
+            None => format!("{} n/a ({} req)", r.name, r.requests),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::{evaluate, Verdict};
+    use crate::config::tests::{example, with};
+    use crate::tally::Tally;
+
+    fn healthy(cfg: &Config) -> Vec<MetricResult> {
+        let mut t = Tally::default();
+        (0..100).for_each(|_| t.record(200, 20_000));
+        cfg.analysis.metrics.iter().map(|m| evaluate(m, cfg.analysis.min_requests, &t)).collect()
+    }
+
+    fn failing(cfg: &Config) -> Vec<MetricResult> {
+        let mut t = Tally::default();
+        (0..80).for_each(|_| t.record(200, 20_000));
+        (0..20).for_each(|_| t.record(500, 20_000));
+        cfg.analysis.metrics.iter().map(|m| evaluate(m, cfg.analysis.min_requests, &t)).collect()
+    }
+
+    fn text(cfg: &Config, e: &Event) -> String {
+        Logged { name: &cfg.name, revision: &cfg.revision, event: e }.to_string()
+    }
+
+    #[test]
+    fn healthy_canary_walks_every_step_and_is_promoted() {
+        let cfg = example();
+        let (mut s, ev) = start(&cfg, 0);
+        assert_eq!(text(&cfg, &ev[0]), "canary web rev v2: starting analysis, phase Progressing, weight 0 -> 1");
+        let mut weights = vec![s.weight];
+        let mut now = 0;
+        while s.phase != Phase::Succeeded {
+            now += 1000;
+            assert!(is_due(&cfg, &s, now));
+            let (n, _) = check(&cfg, &s, &healthy(&cfg), now);
+            s = n;
+            weights.push(s.weight);
+        }
+        assert_eq!(weights, vec![1, 5, 10, 25, 50, 100]);
+        assert!(!is_due(&cfg, &s, now + 10_000), "Succeeded is terminal");
+    }
+
+    #[test]
+    fn advance_is_logged_with_figures() {
+        let cfg = with("/analysis/stepWeights", None).unwrap();
+        let (s, _) = start(&cfg, 0);
+        let (_, ev) = check(&cfg, &s, &healthy(&cfg), 1000);
+        assert_eq!(text(&cfg, &ev[0]), "canary web rev v2: advance weight 10 -> 20");
+    }
+
+    #[test]
+    fn failed_checks_accumulate_and_roll_back_at_threshold() {
+        let cfg = example();
+        let (s0, _) = start(&cfg, 0);
+        let (s1, e1) = check(&cfg, &s0, &failing(&cfg), 1000);
+        assert_eq!(s1.failed_checks, 1);
+        assert_eq!(s1.weight, s0.weight, "weight held");
+        assert_eq!(text(&cfg, &e1[0]), "canary web rev v2: halt advancement, request-success-rate 80% < 99% (failed checks 1/3)");
+        let (s2, _) = check(&cfg, &s1, &healthy(&cfg), 2000);
+        assert_eq!(s2.failed_checks, 1, "a passing check does not reset the running total");
+        let (s3, _) = check(&cfg, &s2, &failing(&cfg), 3000);
+        let (s4, e4) = check(&cfg, &s3, &failing(&cfg), 4000);
+        assert_eq!((s4.phase, s4.weight, s4.failed_checks), (Phase::Failed, 0, 3));
+        assert_eq!(
+            text(&cfg, &e4[0]),
+            format!("canary web rev v2: rolling back, request-success-rate 80% < 99% (failed checks 3/3), weight {} -> 0, phase Failed", s3.weight)
+        );
+        assert!(!is_due(&cfg, &s4, 100_000), "Failed stays failed");
+    }
+
+    #[test]
+    fn consecutive_mode_resets_on_pass() {
+        let cfg = with("/analysis/consecutive", Some(true.into())).unwrap();
+        let (s0, _) = start(&cfg, 0);
+        let (s1, _) = check(&cfg, &s0, &failing(&cfg), 1000);
+        let (s2, _) = check(&cfg, &s1, &healthy(&cfg), 2000);
+        assert_eq!(s2.failed_checks, 0);
+    }
+
+    #[test]
+    fn no_data_fails_the_check() {
+        let cfg = example();
+        let (s0, _) = start(&cfg, 0);
+        let none: Vec<MetricResult> =
+            cfg.analysis.metrics.iter().map(|m| evaluate(m, 20, &Tally::default())).collect();
+        assert!(matches!(none[0].verdict, Verdict::NoData { .. }));
+        let (s1, ev) = check(&cfg, &s0, &none, 1000);
+        assert_eq!(s1.failed_checks, 1);
+        assert!(text(&cfg, &ev[0]).contains("no traffic: 0 requests < minRequests 20"), "{}", text(&cfg, &ev[0]));
+    }
+
+    #[test]
+    fn step_weight_promotion_moves_gradually() {
+        let cfg = with("/analysis/stepWeightPromotion", Some(30.into())).unwrap();
+        let mut s = CanaryState { weight: 50, ..start(&cfg, 0).0 };
+        let mut seen = vec![];
+        let mut now = 0;
+        while s.phase != Phase::Succeeded {
+            now += 1000;
+            s = check(&cfg, &s, &healthy(&cfg), now).0;
+            seen.push((s.phase, s.weight));
+        }
+        assert_eq!(
+            seen,
+            vec![(Phase::Promoting, 80), (Phase::Succeeded, 100)]
+        );
+    }
+
+    #[test]
+    fn skip_analysis_goes_straight_to_100() {
+        let cfg = with("/skipAnalysis", Some(true.into())).unwrap();
+        let (s, ev) = start(&cfg, 0);
+        assert_eq!((s.phase, s.weight), (Phase::Succeeded, 100));
+        assert_eq!(ev, vec![Event::Skipped]);
+    }
+
+    #[test]
+    fn suspend_freezes_checks() {
+        let cfg = with("/suspend", Some(true.into())).unwrap();
+        let (s, _) = start(&cfg, 0);
+        assert!(!is_due(&cfg, &s, 60_000));
+    }
+
+    #[test]
+    fn checks_are_due_once_per_interval() {
+        let cfg = example();
+        let (s, _) = start(&cfg, 5_000);
+        assert!(!is_due(&cfg, &s, 5_999));
+        assert!(is_due(&cfg, &s, 6_000));
+        let (s, _) = check(&cfg, &s, &healthy(&cfg), 6_010);
+        assert!(!is_due(&cfg, &s, 7_000));
+        assert!(is_due(&cfg, &s, 7_010));
+    }
+}

@@ -1,0 +1,78 @@
+//! In-memory host for tests: shared data with proxy-wasm-cpp-host's CAS semantics, and a
+//! telemetry sink that records stats and logs.
+
+use crate::host::{HostError, Level, SetError, SharedStore, Stat, Telemetry};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+#[derive(Default)]
+pub struct FakeStore {
+    data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next_cas: Cell<u32>,
+    /// When set, every call fails with this status (a host in trouble).
+    pub broken: Cell<Option<u32>>,
+}
+
+impl SharedStore for FakeStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        if let Some(code) = self.broken.get() {
+            return Err(HostError(code));
+        }
+        Ok(self.data.borrow().get(key).cloned())
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
+        if let Some(code) = self.broken.get() {
+            return Err(SetError::Host(HostError(code)));
+        }
+        let mut data = self.data.borrow_mut();
+        if let Some((_, current)) = data.get(key) {
+            if cas != 0 && cas != *current {
+                return Err(SetError::CasMismatch);
+            }
+        }
+        self.next_cas.set(self.next_cas.get() + 1);
+        data.insert(key.to_string(), (value.to_vec(), self.next_cas.get()));
+        Ok(())
+    }
+}
+
+impl FakeStore {
+    pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
+        self.data.borrow().get(key).map(|v| v.0.clone())
+    }
+    pub fn put(&self, key: &str, value: &[u8]) {
+        self.set(key, value, 0).unwrap();
+    }
+}
+
+#[derive(Default)]
+pub struct FakeTelemetry {
+    pub gauges: HashMap<String, u64>,
+    pub counters: HashMap<String, u64>,
+    pub logs: Vec<(Level, String)>,
+}
+
+impl Telemetry for FakeTelemetry {
+    fn gauge(&mut self, canary: &str, stat: Stat, value: u64) {
+        self.gauges.insert(stat.full_name(canary), value);
+    }
+    fn count(&mut self, canary: &str, stat: Stat, delta: u64) {
+        *self.counters.entry(stat.full_name(canary)).or_default() += delta;
+    }
+    fn log(&mut self, level: Level, message: &str) {
+        self.logs.push((level, message.to_string()));
+    }
+}
+
+impl FakeTelemetry {
+    pub fn gauge_of(&self, canary: &str, stat: Stat) -> Option<u64> {
+        self.gauges.get(&stat.full_name(canary)).copied()
+    }
+    pub fn counter_of(&self, canary: &str, stat: Stat) -> u64 {
+        self.counters.get(&stat.full_name(canary)).copied().unwrap_or(0)
+    }
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs.iter().any(|(_, m)| m.contains(needle))
+    }
+}

@@ -1,0 +1,31 @@
+//! Shared-data key names. Everything is namespaced by canary name, because every plugin on a
+//! proxy may share one `vm_id` (Istio sets none).
+
+/// Newline-separated names of the canaries whose filters run in this proxy (for the singleton).
+pub const REGISTRY: &str = "canary-guard/canaries";
+
+/// Most worker slots per canary (a slot per worker root context that ever recorded outcomes).
+pub const MAX_SLOTS: u32 = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub state: String,
+    pub lease: String,
+    pub config: String,
+    slot_prefix: String,
+}
+
+impl Keys {
+    pub fn new(canary: &str) -> Self {
+        Keys {
+            state: format!("canary-guard/{canary}/state"),
+            lease: format!("canary-guard/{canary}/lease"),
+            config: format!("canary-guard/{canary}/config"),
+            slot_prefix: format!("canary-guard/{canary}/slot/"),
+        }
+    }
+
+    pub fn slot(&self, index: u32) -> String {
+        format!("{}{index}", self.slot_prefix)
+    }
+}

@@ -1,0 +1,153 @@
+//! The analysis state every worker reads on each request, and its shared-data encoding.
+
+use crate::codec::{Reader, Writer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// No analysis state yet (never stored; what a reader reports before the analyser writes).
+    Initializing = 0,
+    Progressing = 1,
+    Promoting = 2,
+    Succeeded = 3,
+    Failed = 4,
+}
+
+impl Phase {
+    pub fn from_u8(v: u8) -> Option<Phase> {
+        Some(match v {
+            0 => Phase::Initializing,
+            1 => Phase::Progressing,
+            2 => Phase::Promoting,
+            3 => Phase::Succeeded,
+            4 => Phase::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Initializing => "Initializing",
+            Phase::Progressing => "Progressing",
+            Phase::Promoting => "Promoting",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// Phases in which checks run and `match` rules apply.
+    pub fn is_running(self) -> bool {
+        matches!(self, Phase::Progressing | Phase::Promoting)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryState {
+    pub revision: String,
+    pub phase: Phase,
+    /// Percentage of traffic for the canary, 0..=100.
+    pub weight: u8,
+    /// Flagger's `status.failedChecks`.
+    pub failed_checks: u32,
+    /// Passing checks so far (A/B `iterations`).
+    pub iterations: u32,
+    /// When this revision's analysis started (tallies before it are not this revision's).
+    pub started_ms: u64,
+    /// When the last check ran (or the start): the next is due one interval later. Kept in
+    /// shared data so that two analysers can never run two checks in one interval.
+    pub last_check_ms: u64,
+}
+
+const MAGIC: &[u8; 4] = b"CGst";
+const VERSION: u8 = 1;
+
+impl CanaryState {
+    pub fn new(revision: &str, now_ms: u64) -> Self {
+        CanaryState {
+            revision: revision.to_string(),
+            phase: Phase::Progressing,
+            weight: 0,
+            failed_checks: 0,
+            iterations: 0,
+            started_ms: now_ms,
+            last_check_ms: now_ms,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_header(MAGIC, VERSION);
+        w.short_str(&self.revision);
+        w.u8(self.phase as u8);
+        w.u8(self.weight);
+        w.u32(self.failed_checks);
+        w.u32(self.iterations);
+        w.u64(self.started_ms);
+        w.u64(self.last_check_ms);
+        w.buf
+    }
+
+    /// Decodes and validates; any corruption (bad magic/version, truncation, trailing bytes,
+    /// weight over 100, unknown phase, a stored Initializing) gives `None`.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::with_header(bytes, MAGIC, VERSION)?;
+        let s = CanaryState {
+            revision: r.short_str()?,
+            phase: Phase::from_u8(r.u8()?)?,
+            weight: r.u8()?,
+            failed_checks: r.u32()?,
+            iterations: r.u32()?,
+            started_ms: r.u64()?,
+            last_check_ms: r.u64()?,
+        };
+        let valid = r.is_done()
+            && s.weight <= 100
+            && s.phase != Phase::Initializing
+            && !s.revision.is_empty()
+            && s.last_check_ms >= s.started_ms;
+        valid.then_some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CanaryState {
+        CanaryState {
+            revision: "v2".into(),
+            phase: Phase::Promoting,
+            weight: 60,
+            failed_checks: 2,
+            iterations: 7,
+            started_ms: 1_000,
+            last_check_ms: 9_000,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let s = sample();
+        assert_eq!(CanaryState::decode(&s.encode()), Some(s));
+    }
+
+    #[test]
+    fn rejects_corruption() {
+        let good = sample().encode();
+        for cut in 0..good.len() {
+            assert_eq!(CanaryState::decode(&good[..cut]), None, "truncated at {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(CanaryState::decode(&trailing), None);
+        let mut bad_version = good.clone();
+        bad_version[4] = 9;
+        assert_eq!(CanaryState::decode(&bad_version), None);
+        let weight_at = 4 + 1 + 1 + 2 + 1;
+        let mut heavy = good.clone();
+        heavy[weight_at] = 101;
+        assert_eq!(CanaryState::decode(&heavy), None);
+        let mut phase = good;
+        phase[weight_at - 1] = 9;
+        assert_eq!(CanaryState::decode(&phase), None);
+    }
+}

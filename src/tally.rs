@@ -1,0 +1,340 @@
+//! Outcome tallies: per-side counts and latency per time bucket, the record a worker publishes
+//! in its own shared-data slot, and window sums over those records.
+//!
+//! Window arithmetic: time is cut into buckets of `bucket_ms` aligned on multiples of it. A
+//! window `[from, now]` sums every bucket that *starts* at or after `from`, including the
+//! current partial one, so it covers between `window - bucket_ms` and `window` of history and
+//! always sees the newest outcomes (the analysis reacts on the next tick, not a window later).
+
+use crate::codec::{Reader, Writer};
+use crate::histogram::Histogram;
+use crate::routing::Side;
+
+/// Most buckets a window is cut into (bounds the size of a slot record).
+pub const BUCKETS_PER_WINDOW: u64 = 64;
+pub const MIN_BUCKET_MS: u64 = 100;
+/// Decoder bounds: a record claiming more is corrupt.
+const MAX_BUCKETS: usize = 1024;
+
+/// Bucket width for a given longest metric window.
+pub fn bucket_ms_for(longest_window_ms: u64) -> u64 {
+    longest_window_ms.div_ceil(BUCKETS_PER_WINDOW).max(MIN_BUCKET_MS)
+}
+
+/// Whether a response counts against the canary: 5xx (local replies such as 503 for an
+/// unreachable upstream or 504 for a timeout included) or no response at all (status 0: the
+/// stream ended before any response headers).
+pub fn is_error(status: u32) -> bool {
+    status == 0 || status >= 500
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: Histogram,
+}
+
+impl Tally {
+    pub fn record(&mut self, status: u32, micros: u64) {
+        self.requests += 1;
+        if is_error(status) {
+            self.errors += 1;
+        }
+        self.latency.record(micros);
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.latency.merge(&other.latency);
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.requests);
+        w.u64(self.errors);
+        let entries = self.latency.entries();
+        w.u16(entries.len() as u16);
+        for (i, c) in entries {
+            w.u16(*i);
+            w.u32(*c);
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Option<Tally> {
+        let requests = r.u64()?;
+        let errors = r.u64()?;
+        let n = usize::from(r.u16()?);
+        if n * 6 > r.remaining() {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push((r.u16()?, r.u32()?));
+        }
+        let latency = Histogram::from_entries(entries)?;
+        (errors <= requests && latency.count() <= requests).then_some(Tally { requests, errors, latency })
+    }
+}
+
+/// Cumulative request and error counts per side (never windowed: for exact accounting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub stable_requests: u64,
+    pub stable_errors: u64,
+    pub canary_requests: u64,
+    pub canary_errors: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, o: &Totals) {
+        self.stable_requests += o.stable_requests;
+        self.stable_errors += o.stable_errors;
+        self.canary_requests += o.canary_requests;
+        self.canary_errors += o.canary_errors;
+    }
+
+    pub fn record(&mut self, side: Side, status: u32) {
+        let err = u64::from(is_error(status));
+        match side {
+            Side::Stable => {
+                self.stable_requests += 1;
+                self.stable_errors += err;
+            }
+            Side::Canary => {
+                self.canary_requests += 1;
+                self.canary_errors += err;
+            }
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Totals::default()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub start_ms: u64,
+    pub stable: Tally,
+    pub canary: Tally,
+}
+
+/// What one worker publishes under its slot key. Only its owner writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotRecord {
+    /// Random token of the owning root context; 0 when released (free to claim).
+    pub owner: u64,
+    pub heartbeat_ms: u64,
+    pub bucket_ms: u64,
+    pub totals: Totals,
+    /// Sorted by `start_ms`, strictly increasing.
+    pub buckets: Vec<Bucket>,
+}
+
+const MAGIC: &[u8; 4] = b"CGtl";
+const VERSION: u8 = 1;
+
+impl SlotRecord {
+    pub fn new(owner: u64, bucket_ms: u64) -> Self {
+        SlotRecord { owner, bucket_ms: bucket_ms.max(1), ..Default::default() }
+    }
+
+    /// Records one finished request at `now_ms`.
+    pub fn record(&mut self, now_ms: u64, side: Side, status: u32, micros: u64) {
+        self.totals.record(side, status);
+        let start = now_ms - now_ms % self.bucket_ms.max(1);
+        if self.buckets.last().is_none_or(|b| b.start_ms < start) {
+            self.buckets.push(Bucket { start_ms: start, ..Default::default() });
+        }
+        // Late outcome for an older bucket (clock went back): find it, or fold into the newest.
+        let idx = self
+            .buckets
+            .iter()
+            .rposition(|b| b.start_ms <= start)
+            .unwrap_or(0);
+        if let Some(bucket) = self.buckets.get_mut(idx) {
+            match side {
+                Side::Stable => bucket.stable.record(status, micros),
+                Side::Canary => bucket.canary.record(status, micros),
+            }
+        }
+    }
+
+    /// Drops buckets that ended before `keep_from_ms`.
+    pub fn prune(&mut self, keep_from_ms: u64) {
+        let width = self.bucket_ms;
+        self.buckets.retain(|b| b.start_ms + width > keep_from_ms);
+    }
+
+    /// Adopts another record's history (claiming a released slot): totals add up, buckets merge.
+    pub fn absorb(&mut self, other: &SlotRecord) {
+        self.totals.add(&other.totals);
+        for b in &other.buckets {
+            match self.buckets.binary_search_by_key(&b.start_ms, |x| x.start_ms) {
+                Ok(i) => {
+                    if let Some(mine) = self.buckets.get_mut(i) {
+                        mine.stable.merge(&b.stable);
+                        mine.canary.merge(&b.canary);
+                    }
+                }
+                Err(i) => self.buckets.insert(i, b.clone()),
+            }
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_header(MAGIC, VERSION);
+        w.u64(self.owner);
+        w.u64(self.heartbeat_ms);
+        w.u64(self.bucket_ms);
+        w.u64(self.totals.stable_requests);
+        w.u64(self.totals.stable_errors);
+        w.u64(self.totals.canary_requests);
+        w.u64(self.totals.canary_errors);
+        w.u16(self.buckets.len() as u16);
+        for b in &self.buckets {
+            w.u64(b.start_ms);
+            b.stable.encode(&mut w);
+            b.canary.encode(&mut w);
+        }
+        w.buf
+    }
+
+    /// Decodes and validates; corrupt or foreign bytes give `None` and are never trusted.
+    pub fn decode(bytes: &[u8]) -> Option<SlotRecord> {
+        let mut r = Reader::with_header(bytes, MAGIC, VERSION)?;
+        let owner = r.u64()?;
+        let heartbeat_ms = r.u64()?;
+        let bucket_ms = r.u64()?;
+        let totals = Totals {
+            stable_requests: r.u64()?,
+            stable_errors: r.u64()?,
+            canary_requests: r.u64()?,
+            canary_errors: r.u64()?,
+        };
+        let n = usize::from(r.u16()?);
+        if bucket_ms == 0
+            || n > MAX_BUCKETS
+            || totals.stable_errors > totals.stable_requests
+            || totals.canary_errors > totals.canary_requests
+        {
+            return None;
+        }
+        let mut buckets: Vec<Bucket> = Vec::with_capacity(n.min(r.remaining() / 8));
+        for _ in 0..n {
+            let start_ms = r.u64()?;
+            if buckets.last().is_some_and(|p| p.start_ms >= start_ms) {
+                return None;
+            }
+            let stable = Tally::decode(&mut r)?;
+            let canary = Tally::decode(&mut r)?;
+            buckets.push(Bucket { start_ms, stable, canary });
+        }
+        r.is_done().then_some(SlotRecord { owner, heartbeat_ms, bucket_ms, totals, buckets })
+    }
+
+    /// Sums one side over the buckets that start within `[from_ms, to_ms]`.
+    pub fn window(&self, side: Side, from_ms: u64, to_ms: u64, into: &mut Tally) {
+        for b in self.buckets.iter().filter(|b| b.start_ms >= from_ms && b.start_ms <= to_ms) {
+            into.merge(match side {
+                Side::Stable => &b.stable,
+                Side::Canary => &b.canary,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SlotRecord {
+        let mut s = SlotRecord::new(42, 250);
+        s.heartbeat_ms = 10_000;
+        s.record(1_000, Side::Canary, 200, 1_500);
+        s.record(1_100, Side::Canary, 503, 900);
+        s.record(1_300, Side::Stable, 200, 2_000);
+        s.record(9_999, Side::Canary, 0, 50);
+        s
+    }
+
+    #[test]
+    fn records_into_aligned_buckets() {
+        let s = sample();
+        let starts: Vec<u64> = s.buckets.iter().map(|b| b.start_ms).collect();
+        assert_eq!(starts, vec![1_000, 1_250, 9_750]);
+        assert_eq!(s.totals, Totals { stable_requests: 1, stable_errors: 0, canary_requests: 3, canary_errors: 2 });
+    }
+
+    #[test]
+    fn windows_include_buckets_starting_in_range() {
+        let s = sample();
+        let mut t = Tally::default();
+        s.window(Side::Canary, 0, 20_000, &mut t);
+        assert_eq!((t.requests, t.errors), (3, 2));
+        let mut recent = Tally::default();
+        s.window(Side::Canary, 1_001, 20_000, &mut recent);
+        assert_eq!((recent.requests, recent.errors), (1, 1), "only the bucket at 9750");
+    }
+
+    #[test]
+    fn prune_keeps_buckets_overlapping_the_retention() {
+        let mut s = sample();
+        s.prune(1_100);
+        let starts: Vec<u64> = s.buckets.iter().map(|b| b.start_ms).collect();
+        assert_eq!(starts, vec![1_000, 1_250, 9_750]);
+        s.prune(1_250);
+        assert_eq!(s.buckets.len(), 2);
+        assert_eq!(s.totals.canary_requests, 3, "totals are never pruned");
+    }
+
+    #[test]
+    fn absorb_merges_history() {
+        let mut a = sample();
+        let b = sample();
+        a.absorb(&b);
+        assert_eq!(a.totals.canary_requests, 6);
+        assert_eq!(a.buckets.len(), 3);
+        assert_eq!(a.buckets[0].canary.requests, 4);
+    }
+
+    #[test]
+    fn codec_round_trips() {
+        let s = sample();
+        assert_eq!(SlotRecord::decode(&s.encode()), Some(s));
+    }
+
+    #[test]
+    fn codec_rejects_corruption() {
+        let good = sample().encode();
+        for cut in 0..good.len() {
+            assert_eq!(SlotRecord::decode(&good[..cut]), None, "truncated at {cut}");
+        }
+        let mut extra = good.clone();
+        extra.push(1);
+        assert_eq!(SlotRecord::decode(&extra), None);
+        // errors > requests in the totals
+        let mut lying = sample();
+        lying.totals.canary_errors = 99;
+        assert_eq!(SlotRecord::decode(&lying.encode()), None);
+        // buckets out of order
+        let mut unordered = sample();
+        unordered.buckets.swap(0, 1);
+        assert_eq!(SlotRecord::decode(&unordered.encode()), None);
+        assert_eq!(SlotRecord::decode(b"garbage"), None);
+    }
+
+    #[test]
+    fn bucket_width_follows_the_longest_window() {
+        assert_eq!(bucket_ms_for(1_000), 100);
+        assert_eq!(bucket_ms_for(10_000), 157);
+        assert_eq!(bucket_ms_for(3_600_000), 56_250);
+    }
+
+    #[test]
+    fn status_classification() {
+        assert!(is_error(500) && is_error(503) && is_error(504) && is_error(0));
+        assert!(!is_error(200) && !is_error(204) && !is_error(304) && !is_error(404) && !is_error(101));
+    }
+}

@@ -1,0 +1,244 @@
+//! The filter side of one worker root context: routes requests, records their outcomes into the
+//! worker-local tally, and publishes on its tick (never a shared write on the request path).
+
+use crate::config::Config;
+use crate::host::{SharedStore, Stat, Telemetry};
+use crate::keys::{Keys, REGISTRY};
+use crate::routing::{decide, mix64, Decision, Side};
+use crate::slots::{Publish, SlotPublisher};
+use crate::state::CanaryState;
+use crate::tally::{bucket_ms_for, Totals};
+
+/// How often a worker re-checks that its configuration is the one published for the singleton.
+const CONFIG_REPUBLISH_MS: u64 = 5_000;
+
+pub struct Worker {
+    pub cfg: Config,
+    keys: Keys,
+    raw_config: Vec<u8>,
+    publisher: SlotPublisher,
+    /// Outcomes recorded since the last tick, not yet added to the Envoy counters.
+    unreported: Totals,
+    dirty: bool,
+    rng: u64,
+    now_ms: u64,
+    config_checked_ms: Option<u64>,
+}
+
+impl Worker {
+    pub fn new(cfg: Config, raw_config: Vec<u8>, token: u64, now_ms: u64) -> Self {
+        let bucket_ms = bucket_ms_for(cfg.analysis.longest_window_ms());
+        Worker {
+            keys: Keys::new(&cfg.name),
+            cfg,
+            raw_config,
+            publisher: SlotPublisher::new(token, bucket_ms),
+            unreported: Totals::default(),
+            dirty: false,
+            rng: mix64(token ^ now_ms),
+            now_ms,
+            config_checked_ms: None,
+        }
+    }
+
+    /// Reads the analysis state; anything unreadable is `None` (and routes to stable).
+    pub fn read_state(&self, store: &dyn SharedStore) -> Option<CanaryState> {
+        match store.get(&self.keys.state) {
+            Ok(Some((bytes, _))) => CanaryState::decode(&bytes),
+            _ => None,
+        }
+    }
+
+    pub fn route(
+        &mut self,
+        store: &dyn SharedStore,
+        header: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+    ) -> Decision {
+        let state = self.read_state(store);
+        // xorshift64*: a cheap per-worker stream; seeded from the random token.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        decide(&self.cfg, state.as_ref(), header, mix64(self.rng))
+    }
+
+    /// Records one finished request. `status` 0 = no response was sent.
+    pub fn record(&mut self, side: Side, status: u32, micros: u64) {
+        self.publisher.record.record(self.now_ms, side, status, micros);
+        self.unreported.record(side, status);
+        self.dirty = true;
+    }
+
+    /// The worker's clock, as of its last tick (bucket assignment needs no finer time).
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.publish_config(store, tel, now_ms);
+        let name = self.cfg.name.clone();
+        let u = std::mem::take(&mut self.unreported);
+        for (stat, n) in [
+            (Stat::StableRequests, u.stable_requests),
+            (Stat::Stable5xx, u.stable_errors),
+            (Stat::CanaryRequests, u.canary_requests),
+            (Stat::Canary5xx, u.canary_errors),
+        ] {
+            if n > 0 {
+                tel.count(&name, stat, n);
+            }
+        }
+        if !self.dirty {
+            return;
+        }
+        let retention = self.cfg.analysis.longest_window_ms() + 2 * self.publisher.record.bucket_ms;
+        self.publisher.record.prune(now_ms.saturating_sub(retention));
+        if self.publisher.publish(store, &self.keys, now_ms) == Publish::Written {
+            self.dirty = false;
+        }
+    }
+
+    /// Makes this configuration visible to a bootstrap singleton (whose own configuration
+    /// cannot change without a restart): the filter configuration is the source of truth.
+    fn publish_config(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+        if self.config_checked_ms.is_some_and(|t| now_ms < t + CONFIG_REPUBLISH_MS) {
+            return;
+        }
+        let registered = register(store, &self.cfg.name);
+        let current = match store.get(&self.keys.config) {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        let written = match current {
+            Some((bytes, _)) if bytes == self.raw_config => true,
+            Some((_, cas)) => store.set(&self.keys.config, &self.raw_config, cas).is_ok(),
+            None => store.set(&self.keys.config, &self.raw_config, 0).is_ok(),
+        };
+        if registered && written {
+            if self.config_checked_ms.is_none() {
+                tel.log(
+                    crate::host::Level::Debug,
+                    &format!("canary {} rev {}: configuration published", self.cfg.name, self.cfg.revision),
+                );
+            }
+            self.config_checked_ms = Some(now_ms);
+        }
+    }
+
+    /// On shutdown: publish what is left and free the slot for the next context.
+    pub fn shutdown(&mut self, store: &dyn SharedStore) {
+        if self.dirty {
+            let now = self.now_ms;
+            self.publisher.publish(store, &self.keys, now);
+        }
+        self.publisher.release(store, &self.keys);
+    }
+
+    pub fn slot_index(&self) -> Option<u32> {
+        self.publisher.index()
+    }
+}
+
+/// Adds a canary name to the registry the singleton reads (CAS loop: concurrent registrants
+/// retry on a stale cas instead of overwriting each other).
+pub fn register(store: &dyn SharedStore, name: &str) -> bool {
+    for _ in 0..8 {
+        let (list, cas) = match store.get(REGISTRY) {
+            Ok(Some((bytes, cas))) => (String::from_utf8(bytes).unwrap_or_default(), cas),
+            Ok(None) => (String::new(), 0),
+            Err(_) => return false,
+        };
+        if list.lines().any(|l| l == name) {
+            return true;
+        }
+        let mut next = list;
+        if !next.is_empty() {
+            next.push('\n');
+        }
+        next.push_str(name);
+        if store.set(REGISTRY, next.as_bytes(), cas).is_ok() && cas != 0 {
+            return true;
+        }
+        // cas 0 (absent key) cannot be CAS-created: loop to read back and confirm.
+    }
+    false
+}
+
+/// Names in the registry (invalid entries are skipped).
+pub fn registered(store: &dyn SharedStore) -> Vec<String> {
+    match store.get(REGISTRY) {
+        Ok(Some((bytes, _))) => String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.is_empty() && l.len() <= 63)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{example, EXAMPLE};
+    use crate::fake_host::{FakeStore, FakeTelemetry};
+    use crate::state::Phase;
+
+    fn worker(token: u64) -> Worker {
+        Worker::new(example(), EXAMPLE.as_bytes().to_vec(), token, 0)
+    }
+
+    fn none(_: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    #[test]
+    fn routes_to_stable_without_state_or_when_state_is_corrupt() {
+        let s = FakeStore::default();
+        let mut w = worker(1);
+        assert_eq!(w.route(&s, &mut none).side, Side::Stable);
+        s.put("canary-guard/web/state", b"CGst\x01garbage");
+        assert_eq!(w.route(&s, &mut none).side, Side::Stable);
+        s.broken.set(Some(10));
+        assert_eq!(w.route(&s, &mut none).side, Side::Stable);
+    }
+
+    #[test]
+    fn reads_the_weight_the_analyser_wrote_on_the_next_request() {
+        let s = FakeStore::default();
+        let mut w = worker(1);
+        let st = CanaryState { weight: 100, phase: Phase::Progressing, ..CanaryState::new("v2", 0) };
+        s.put("canary-guard/web/state", &st.encode());
+        assert_eq!(w.route(&s, &mut none).side, Side::Canary);
+        let st = CanaryState { weight: 0, phase: Phase::Failed, ..st };
+        s.put("canary-guard/web/state", &st.encode());
+        assert_eq!(w.route(&s, &mut none).side, Side::Stable);
+    }
+
+    #[test]
+    fn publishes_tallies_counters_and_config_on_tick() {
+        let s = FakeStore::default();
+        let mut t = FakeTelemetry::default();
+        let mut w = worker(1);
+        w.record(Side::Canary, 503, 1000);
+        w.record(Side::Stable, 200, 1000);
+        assert!(s.raw("canary-guard/web/slot/0").is_none(), "nothing shared before the tick");
+        w.tick(&s, &mut t, 100);
+        assert_eq!(t.counter_of("web", Stat::Canary5xx), 1);
+        assert_eq!(t.counter_of("web", Stat::StableRequests), 1);
+        assert!(s.raw("canary-guard/web/slot/0").is_some());
+        assert_eq!(s.raw("canary-guard/web/config").unwrap(), EXAMPLE.as_bytes());
+        assert_eq!(registered(&s), vec!["web".to_string()]);
+        w.tick(&s, &mut t, 200);
+        assert_eq!(t.counter_of("web", Stat::Canary5xx), 1, "counted once");
+    }
+
+    #[test]
+    fn registry_keeps_every_name() {
+        let s = FakeStore::default();
+        assert!(register(&s, "web"));
+        assert!(register(&s, "api"));
+        assert!(register(&s, "web"));
+        assert_eq!(registered(&s), vec!["web".to_string(), "api".to_string()]);
+    }
+}

