@@ -29,11 +29,15 @@ pub struct Analyser {
     totals_at_ms: Option<u64>,
     suspended_logged: bool,
     corrupt_logged: bool,
+    /// For an elected worker: its own configuration bytes. It only leads while that is the
+    /// published configuration, so a draining listener's contexts hand over to the new ones.
+    own_config: Option<Vec<u8>>,
 }
 
 impl Analyser {
     pub fn new(cfg: Config, token: u64, kind: HolderKind) -> Self {
         Analyser {
+            own_config: None,
             keys: Keys::new(&cfg.name),
             cfg,
             token,
@@ -45,12 +49,34 @@ impl Analyser {
         }
     }
 
+    /// An elected worker analyser that stands down while another configuration is published.
+    pub fn for_worker(cfg: Config, token: u64, raw_config: Vec<u8>) -> Self {
+        Analyser { own_config: Some(raw_config), ..Analyser::new(cfg, token, HolderKind::Worker) }
+    }
+
     pub fn is_leading(&self) -> bool {
         self.leading
     }
 
     pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
-        let lead = lease::try_lead(store, &self.keys.lease, self.token, self.kind, now_ms, LEASE_TTL_MS);
+        if let Some(own) = &self.own_config {
+            let current = matches!(store.get(&self.keys.config), Ok(Some((b, _))) if b == *own);
+            if !current {
+                if self.leading {
+                    self.shutdown(store);
+                    tel.log(Level::Info, &format!("canary {} rev {}: newer configuration published, handing the analyser lease over", self.cfg.name, self.cfg.revision));
+                }
+                return;
+            }
+        }
+        let lead = lease::try_lead(
+            store,
+            &self.keys.lease,
+            self.token,
+            self.kind,
+            now_ms,
+            LEASE_TTL_MS,
+        );
         if lead != self.leading {
             self.leading = lead;
             let who = match self.kind {
@@ -58,7 +84,13 @@ impl Analyser {
                 HolderKind::Worker => "worker (leader election)",
             };
             let msg = if lead { "acquired" } else { "lost" };
-            tel.log(Level::Info, &format!("canary {}: {msg} the analyser lease as {who}", self.cfg.name));
+            tel.log(
+                Level::Info,
+                &format!(
+                    "canary {}: {msg} the analyser lease as {who}",
+                    self.cfg.name
+                ),
+            );
         }
         if !lead {
             return;
@@ -70,6 +102,9 @@ impl Analyser {
             Err(_) => return,
         };
         let name = self.cfg.name.clone();
+        if state.is_none() && cas != 0 {
+            tel.log(Level::Warn, &format!("canary {name}: analysis state unreadable, starting rev {} from the first step", self.cfg.revision));
+        }
         let state = match state {
             Some(s) if s.revision == self.cfg.revision => s,
             previous => {
@@ -77,7 +112,12 @@ impl Analyser {
                 if let Some(p) = previous {
                     tel.log(
                         Level::Info,
-                        &format!("canary {name}: revision {} -> {}, previous phase {}", p.revision, self.cfg.revision, p.phase.name()),
+                        &format!(
+                            "canary {name}: revision {} -> {}, previous phase {}",
+                            p.revision,
+                            self.cfg.revision,
+                            p.phase.name()
+                        ),
                     );
                 }
                 let (next, events) = start(&self.cfg, now_ms);
@@ -92,7 +132,15 @@ impl Analyser {
 
         if self.cfg.suspend {
             if !self.suspended_logged {
-                tel.log(Level::Info, &format!("canary {name} rev {}: suspended, weight held at {} in phase {}", self.cfg.revision, state.weight, state.phase.name()));
+                tel.log(
+                    Level::Info,
+                    &format!(
+                        "canary {name} rev {}: suspended, weight held at {} in phase {}",
+                        self.cfg.revision,
+                        state.weight,
+                        state.phase.name()
+                    ),
+                );
                 self.suspended_logged = true;
             }
             return;
@@ -100,12 +148,19 @@ impl Analyser {
         self.suspended_logged = false;
 
         let due = is_due(&self.cfg, &state, now_ms);
-        if !due && self.totals_at_ms.is_some_and(|t| now_ms < t + TOTALS_EVERY_MS) {
+        if !due
+            && self
+                .totals_at_ms
+                .is_some_and(|t| now_ms < t + TOTALS_EVERY_MS)
+        {
             return;
         }
         let (slots, corrupt) = read_all(store, &self.keys);
         if corrupt > 0 && !self.corrupt_logged {
-            tel.log(Level::Warn, &format!("canary {name}: ignored {corrupt} unreadable tally slot(s)"));
+            tel.log(
+                Level::Warn,
+                &format!("canary {name}: ignored {corrupt} unreadable tally slot(s)"),
+            );
         }
         self.corrupt_logged = corrupt > 0;
         let mut totals = Totals::default();
@@ -127,7 +182,9 @@ impl Analyser {
                 // Only this revision's outcomes: the window never reaches before its start.
                 let from = now_ms.saturating_sub(m.window_ms).max(state.started_ms);
                 let mut window = Tally::default();
-                slots.iter().for_each(|s| s.window(Side::Canary, from, now_ms, &mut window));
+                slots
+                    .iter()
+                    .for_each(|s| s.window(Side::Canary, from, now_ms, &mut window));
                 evaluate(m, a.min_requests, &window)
             })
             .collect();
@@ -137,8 +194,18 @@ impl Analyser {
             return;
         }
         tel.count(&name, Stat::Checks, 1);
-        if events.iter().all(|e| matches!(e, Event::Advance { .. } | Event::Iteration { .. })) {
-            tel.log(Level::Debug, &format!("canary {name} rev {}: checks passed: {}", self.cfg.revision, summary(&results)));
+        if events
+            .iter()
+            .all(|e| matches!(e, Event::Advance { .. } | Event::Iteration { .. }))
+        {
+            tel.log(
+                Level::Debug,
+                &format!(
+                    "canary {name} rev {}: checks passed: {}",
+                    self.cfg.revision,
+                    summary(&results)
+                ),
+            );
         }
         self.publish_state(tel, &next);
         self.log_events(tel, &events);
@@ -159,10 +226,17 @@ impl Analyser {
             };
             match e {
                 Event::RolledBack { .. } => tel.count(&self.cfg.name, Stat::Rollbacks, 1),
-                Event::PromotionCompleted | Event::Skipped => tel.count(&self.cfg.name, Stat::Promotions, 1),
+                Event::PromotionCompleted | Event::Skipped => {
+                    tel.count(&self.cfg.name, Stat::Promotions, 1)
+                }
                 _ => {}
             }
-            let line = Logged { name: &self.cfg.name, revision: &self.cfg.revision, event: e }.to_string();
+            let line = Logged {
+                name: &self.cfg.name,
+                revision: &self.cfg.revision,
+                event: e,
+            }
+            .to_string();
             tel.log(level, &line);
         }
     }
@@ -180,11 +254,17 @@ impl Analyser {
 pub struct Singleton {
     token: u64,
     analysers: HashMap<String, (Vec<u8>, Analyser)>,
+    /// Published configurations that did not parse (logged once each).
+    refused: HashMap<String, Vec<u8>>,
 }
 
 impl Singleton {
     pub fn new(token: u64) -> Self {
-        Singleton { token, analysers: HashMap::new() }
+        Singleton {
+            token,
+            analysers: HashMap::new(),
+            refused: HashMap::new(),
+        }
     }
 
     pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
@@ -193,7 +273,13 @@ impl Singleton {
                 Ok(Some((bytes, _))) => bytes,
                 _ => continue,
             };
-            let fresh = self.analysers.get(&name).is_none_or(|(seen, _)| *seen != raw);
+            let fresh = self
+                .analysers
+                .get(&name)
+                .is_none_or(|(seen, _)| *seen != raw);
+            if fresh && self.refused.get(&name) == Some(&raw) {
+                continue;
+            }
             if fresh {
                 match config::parse(&raw) {
                     Ok(cfg) if cfg.name == name => {
@@ -208,7 +294,10 @@ impl Singleton {
                     Err(e) => {
                         // Filters validate before publishing: this is corruption, never trusted.
                         tel.log(Level::Error, &format!("canary {name}: published configuration is unreadable, not analysing: {e}"));
-                        self.analysers.remove(&name);
+                        if let Some((_, mut old)) = self.analysers.remove(&name) {
+                            old.shutdown(store);
+                        }
+                        self.refused.insert(name, raw);
                         continue;
                     }
                 }

@@ -8,16 +8,35 @@ use std::fmt;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Started { weight: u8 },
+    Started {
+        weight: u8,
+    },
     Skipped,
-    Advance { from: u8, to: u8 },
+    Advance {
+        from: u8,
+        to: u8,
+    },
     /// A/B testing: one more passing iteration.
-    Iteration { done: u32, of: u32 },
+    Iteration {
+        done: u32,
+        of: u32,
+    },
     /// A check failed below the threshold: weight held.
-    Halt { reasons: Vec<String>, failed: u32, threshold: u32 },
-    PromotionStarted { weight: u8 },
+    Halt {
+        reasons: Vec<String>,
+        failed: u32,
+        threshold: u32,
+    },
+    PromotionStarted {
+        weight: u8,
+    },
     PromotionCompleted,
-    RolledBack { reasons: Vec<String>, failed: u32, threshold: u32, from: u8 },
+    RolledBack {
+        reasons: Vec<String>,
+        failed: u32,
+        threshold: u32,
+        from: u8,
+    },
 }
 
 /// A decision, ready to log: `canary web rev v2: advance weight 10 -> 20`.
@@ -66,7 +85,12 @@ pub fn start(cfg: &Config, now_ms: u64) -> (CanaryState, Vec<Event>) {
         return (state, vec![Event::Skipped]);
     }
     state.weight = cfg.analysis.steps.first_weight();
-    (state.clone(), vec![Event::Started { weight: state.weight }])
+    (
+        state.clone(),
+        vec![Event::Started {
+            weight: state.weight,
+        }],
+    )
 }
 
 /// Whether a check is due: the analysis is running, not suspended, and an interval has passed
@@ -88,7 +112,11 @@ pub fn check(
     let mut next = state.clone();
     next.last_check_ms = now_ms;
     let mut events = Vec::new();
-    let failures: Vec<String> = results.iter().filter(|r| !r.passed()).map(|r| r.to_string()).collect();
+    let failures: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.to_string())
+        .collect();
 
     if !failures.is_empty() {
         next.failed_checks = state.failed_checks.saturating_add(1);
@@ -102,7 +130,11 @@ pub fn check(
                 from: state.weight,
             });
         } else {
-            events.push(Event::Halt { reasons: failures, failed: next.failed_checks, threshold: a.threshold });
+            events.push(Event::Halt {
+                reasons: failures,
+                failed: next.failed_checks,
+                threshold: a.threshold,
+            });
         }
         return (next, events);
     }
@@ -118,7 +150,10 @@ pub fn check(
     }
     let advance = match &a.steps {
         Steps::Iterations(n) if next.iterations < *n => {
-            events.push(Event::Iteration { done: next.iterations, of: *n });
+            events.push(Event::Iteration {
+                done: next.iterations,
+                of: *n,
+            });
             return (next, events);
         }
         Steps::Iterations(_) => None,
@@ -127,7 +162,10 @@ pub fn check(
     match advance {
         Some(to) => {
             next.weight = to;
-            events.push(Event::Advance { from: state.weight, to });
+            events.push(Event::Advance {
+                from: state.weight,
+                to,
+            });
         }
         None => {
             // A passing check at maxWeight promotes.
@@ -140,7 +178,11 @@ pub fn check(
 
 fn promote_step(cfg: &Config, next: &mut CanaryState, events: &mut Vec<Event>) {
     let step = cfg.analysis.promotion_step;
-    let to = if step == 0 { 100 } else { next.weight.saturating_add(step).min(100) };
+    let to = if step == 0 {
+        100
+    } else {
+        next.weight.saturating_add(step).min(100)
+    };
     next.weight = to;
     if to >= 100 {
         next.phase = Phase::Succeeded;
@@ -172,25 +214,41 @@ mod tests {
     fn healthy(cfg: &Config) -> Vec<MetricResult> {
         let mut t = Tally::default();
         (0..100).for_each(|_| t.record(200, 20_000));
-        cfg.analysis.metrics.iter().map(|m| evaluate(m, cfg.analysis.min_requests, &t)).collect()
+        cfg.analysis
+            .metrics
+            .iter()
+            .map(|m| evaluate(m, cfg.analysis.min_requests, &t))
+            .collect()
     }
 
     fn failing(cfg: &Config) -> Vec<MetricResult> {
         let mut t = Tally::default();
         (0..80).for_each(|_| t.record(200, 20_000));
         (0..20).for_each(|_| t.record(500, 20_000));
-        cfg.analysis.metrics.iter().map(|m| evaluate(m, cfg.analysis.min_requests, &t)).collect()
+        cfg.analysis
+            .metrics
+            .iter()
+            .map(|m| evaluate(m, cfg.analysis.min_requests, &t))
+            .collect()
     }
 
     fn text(cfg: &Config, e: &Event) -> String {
-        Logged { name: &cfg.name, revision: &cfg.revision, event: e }.to_string()
+        Logged {
+            name: &cfg.name,
+            revision: &cfg.revision,
+            event: e,
+        }
+        .to_string()
     }
 
     #[test]
     fn healthy_canary_walks_every_step_and_is_promoted() {
         let cfg = example();
         let (mut s, ev) = start(&cfg, 0);
-        assert_eq!(text(&cfg, &ev[0]), "canary web rev v2: starting analysis, phase Progressing, weight 0 -> 1");
+        assert_eq!(
+            text(&cfg, &ev[0]),
+            "canary web rev v2: starting analysis, phase Progressing, weight 0 -> 1"
+        );
         let mut weights = vec![s.weight];
         let mut now = 0;
         while s.phase != Phase::Succeeded {
@@ -209,7 +267,10 @@ mod tests {
         let cfg = with("/analysis/stepWeights", None).unwrap();
         let (s, _) = start(&cfg, 0);
         let (_, ev) = check(&cfg, &s, &healthy(&cfg), 1000);
-        assert_eq!(text(&cfg, &ev[0]), "canary web rev v2: advance weight 10 -> 20");
+        assert_eq!(
+            text(&cfg, &ev[0]),
+            "canary web rev v2: advance weight 10 -> 20"
+        );
     }
 
     #[test]
@@ -221,10 +282,16 @@ mod tests {
         assert_eq!(s1.weight, s0.weight, "weight held");
         assert_eq!(text(&cfg, &e1[0]), "canary web rev v2: halt advancement, request-success-rate 80% < 99% (failed checks 1/3)");
         let (s2, _) = check(&cfg, &s1, &healthy(&cfg), 2000);
-        assert_eq!(s2.failed_checks, 1, "a passing check does not reset the running total");
+        assert_eq!(
+            s2.failed_checks, 1,
+            "a passing check does not reset the running total"
+        );
         let (s3, _) = check(&cfg, &s2, &failing(&cfg), 3000);
         let (s4, e4) = check(&cfg, &s3, &failing(&cfg), 4000);
-        assert_eq!((s4.phase, s4.weight, s4.failed_checks), (Phase::Failed, 0, 3));
+        assert_eq!(
+            (s4.phase, s4.weight, s4.failed_checks),
+            (Phase::Failed, 0, 3)
+        );
         assert_eq!(
             text(&cfg, &e4[0]),
             format!("canary web rev v2: rolling back, request-success-rate 80% < 99% (failed checks 3/3), weight {} -> 0, phase Failed", s3.weight)
@@ -245,18 +312,29 @@ mod tests {
     fn no_data_fails_the_check() {
         let cfg = example();
         let (s0, _) = start(&cfg, 0);
-        let none: Vec<MetricResult> =
-            cfg.analysis.metrics.iter().map(|m| evaluate(m, 20, &Tally::default())).collect();
+        let none: Vec<MetricResult> = cfg
+            .analysis
+            .metrics
+            .iter()
+            .map(|m| evaluate(m, 20, &Tally::default()))
+            .collect();
         assert!(matches!(none[0].verdict, Verdict::NoData { .. }));
         let (s1, ev) = check(&cfg, &s0, &none, 1000);
         assert_eq!(s1.failed_checks, 1);
-        assert!(text(&cfg, &ev[0]).contains("no traffic: 0 requests < minRequests 20"), "{}", text(&cfg, &ev[0]));
+        assert!(
+            text(&cfg, &ev[0]).contains("no traffic: 0 requests < minRequests 20"),
+            "{}",
+            text(&cfg, &ev[0])
+        );
     }
 
     #[test]
     fn step_weight_promotion_moves_gradually() {
         let cfg = with("/analysis/stepWeightPromotion", Some(30.into())).unwrap();
-        let mut s = CanaryState { weight: 50, ..start(&cfg, 0).0 };
+        let mut s = CanaryState {
+            weight: 50,
+            ..start(&cfg, 0).0
+        };
         let mut seen = vec![];
         let mut now = 0;
         while s.phase != Phase::Succeeded {
@@ -264,10 +342,7 @@ mod tests {
             s = check(&cfg, &s, &healthy(&cfg), now).0;
             seen.push((s.phase, s.weight));
         }
-        assert_eq!(
-            seen,
-            vec![(Phase::Promoting, 80), (Phase::Succeeded, 100)]
-        );
+        assert_eq!(seen, vec![(Phase::Promoting, 80), (Phase::Succeeded, 100)]);
     }
 
     #[test]

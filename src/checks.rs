@@ -9,9 +9,15 @@ use std::fmt;
 pub enum Verdict {
     Pass,
     /// The value broke a bound: which one and its limit.
-    OutOfRange { bound: Bound, limit: f64 },
+    OutOfRange {
+        bound: Bound,
+        limit: f64,
+    },
     /// Fewer than `minRequests` canary requests in the window.
-    NoData { requests: u64, min_requests: u64 },
+    NoData {
+        requests: u64,
+        min_requests: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +51,10 @@ pub fn evaluate(metric: &MetricCheck, min_requests: u64, window: &Tally) -> Metr
         percentile: metric.percentile,
         value: None,
         requests: window.requests,
-        verdict: Verdict::NoData { requests: window.requests, min_requests },
+        verdict: Verdict::NoData {
+            requests: window.requests,
+            min_requests,
+        },
     };
     if window.requests < min_requests || window.requests == 0 {
         return result;
@@ -61,8 +70,14 @@ pub fn evaluate(metric: &MetricCheck, min_requests: u64, window: &Tally) -> Metr
     };
     result.value = Some(value);
     result.verdict = match (metric.min, metric.max) {
-        (Some(min), _) if value < min => Verdict::OutOfRange { bound: Bound::Min, limit: min },
-        (_, Some(max)) if value > max => Verdict::OutOfRange { bound: Bound::Max, limit: max },
+        (Some(min), _) if value < min => Verdict::OutOfRange {
+            bound: Bound::Min,
+            limit: min,
+        },
+        (_, Some(max)) if value > max => Verdict::OutOfRange {
+            bound: Bound::Max,
+            limit: max,
+        },
         _ => Verdict::Pass,
     };
     result
@@ -114,7 +129,14 @@ mod tests {
             MetricKind::SuccessRate => "request-success-rate",
             MetricKind::Duration => "request-duration",
         };
-        MetricCheck { name: name.into(), kind, min, max, window_ms: 1000, percentile: 99.0 }
+        MetricCheck {
+            name: name.into(),
+            kind,
+            min,
+            max,
+            window_ms: 1000,
+            percentile: 99.0,
+        }
     }
 
     fn tally(ok: u64, err: u64, micros: u64) -> Tally {
@@ -127,9 +149,18 @@ mod tests {
     #[test]
     fn success_rate_bounds_are_inclusive() {
         let m = metric(MetricKind::SuccessRate, Some(99.0), None);
-        assert!(evaluate(&m, 1, &tally(99, 1, 1000)).passed(), "exactly 99% passes");
+        assert!(
+            evaluate(&m, 1, &tally(99, 1, 1000)).passed(),
+            "exactly 99% passes"
+        );
         let r = evaluate(&m, 1, &tally(98, 2, 1000));
-        assert_eq!(r.verdict, Verdict::OutOfRange { bound: Bound::Min, limit: 99.0 });
+        assert_eq!(
+            r.verdict,
+            Verdict::OutOfRange {
+                bound: Bound::Min,
+                limit: 99.0
+            }
+        );
         assert_eq!(r.to_string(), "request-success-rate 98% < 99%");
     }
 
@@ -140,15 +171,27 @@ mod tests {
         assert!(fast.passed());
         let slow = evaluate(&m, 1, &tally(100, 0, 612_000));
         assert!(!slow.passed());
-        assert_eq!(slow.to_string(), "request-duration p99 606.2ms > 500ms", "bucket midpoint, within 3.2%");
+        assert_eq!(
+            slow.to_string(),
+            "request-duration p99 606.2ms > 500ms",
+            "bucket midpoint, within 3.2%"
+        );
     }
 
     #[test]
     fn too_few_requests_is_a_failure() {
         let m = metric(MetricKind::SuccessRate, Some(99.0), None);
         let r = evaluate(&m, 20, &tally(3, 0, 1000));
-        assert_eq!(r.verdict, Verdict::NoData { requests: 3, min_requests: 20 });
-        assert!(r.to_string().starts_with("no traffic: 3 requests < minRequests 20"));
+        assert_eq!(
+            r.verdict,
+            Verdict::NoData {
+                requests: 3,
+                min_requests: 20
+            }
+        );
+        assert!(r
+            .to_string()
+            .starts_with("no traffic: 3 requests < minRequests 20"));
         assert!(!evaluate(&m, 1, &Tally::default()).passed());
     }
 }

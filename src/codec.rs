@@ -8,7 +8,9 @@ pub struct Writer {
 
 impl Writer {
     pub fn with_header(magic: &[u8; 4], version: u8) -> Self {
-        let mut w = Writer { buf: Vec::with_capacity(64) };
+        let mut w = Writer {
+            buf: Vec::with_capacity(64),
+        };
         w.buf.extend_from_slice(magic);
         w.u8(version);
         w

@@ -31,13 +31,20 @@ impl fmt::Display for ConfigError {
         if self.field.is_empty() {
             write!(f, "invalid canary-guard configuration: {}", self.message)
         } else {
-            write!(f, "invalid canary-guard configuration: {}: {}", self.field, self.message)
+            write!(
+                f,
+                "invalid canary-guard configuration: {}: {}",
+                self.field, self.message
+            )
         }
     }
 }
 
 fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError { field: field.into(), message: message.into() })
+    Err(ConfigError {
+        field: field.into(),
+        message: message.into(),
+    })
 }
 
 /// Which part of the loop a root context plays.
@@ -304,7 +311,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let name = check_name(&raw.name)?;
     let revision = raw.revision;
     if revision.is_empty() || revision.len() > 128 || revision.chars().any(|c| c.is_control()) {
-        return err("revision", format!("{revision:?} must be 1 to 128 printable characters"));
+        return err(
+            "revision",
+            format!("{revision:?} must be 1 to 128 printable characters"),
+        );
     }
     let upstreams = check_upstreams(raw.upstreams)?;
     let affinity = check_affinity(raw.session_affinity)?;
@@ -327,9 +337,14 @@ fn check_name(name: &str) -> Result<String, ConfigError> {
     // The name goes into shared-data keys and stat names (dot-separated): keep it a plain token.
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !ok {
-        return err("name", format!("{name:?} must be 1 to 63 characters of [A-Za-z0-9_-]"));
+        return err(
+            "name",
+            format!("{name:?} must be 1 to 63 characters of [A-Za-z0-9_-]"),
+        );
     }
     Ok(name.to_string())
 }
@@ -344,13 +359,22 @@ fn is_header_name(name: &str) -> bool {
 fn check_upstreams(raw: RawUpstreams) -> Result<Upstreams, ConfigError> {
     let header = raw.header.to_ascii_lowercase();
     if !is_header_name(&header) {
-        return err("upstreams.header", format!("{:?} is not a valid header name", raw.header));
+        return err(
+            "upstreams.header",
+            format!("{:?} is not a valid header name", raw.header),
+        );
     }
     if raw.stable.trim().is_empty() {
-        return err("upstreams.stable", format!("{:?} must name a cluster", raw.stable));
+        return err(
+            "upstreams.stable",
+            format!("{:?} must name a cluster", raw.stable),
+        );
     }
     if raw.canary.trim().is_empty() {
-        return err("upstreams.canary", format!("{:?} must name a cluster", raw.canary));
+        return err(
+            "upstreams.canary",
+            format!("{:?} must name a cluster", raw.canary),
+        );
     }
     if raw.stable == raw.canary {
         return err(
@@ -358,25 +382,40 @@ fn check_upstreams(raw: RawUpstreams) -> Result<Upstreams, ConfigError> {
             format!("{:?} is the same as upstreams.stable", raw.canary),
         );
     }
-    Ok(Upstreams { header, stable: raw.stable, canary: raw.canary })
+    Ok(Upstreams {
+        header,
+        stable: raw.stable,
+        canary: raw.canary,
+    })
 }
 
 fn check_affinity(raw: Option<RawAffinity>) -> Result<Affinity, ConfigError> {
-    let Some(raw) = raw else { return Ok(Affinity::None) };
+    let Some(raw) = raw else {
+        return Ok(Affinity::None);
+    };
     match (raw.header, raw.cookie_name) {
         (Some(h), None) => {
             if raw.max_age.is_some() {
-                return err("sessionAffinity.maxAge", "only applies with sessionAffinity.cookieName");
+                return err(
+                    "sessionAffinity.maxAge",
+                    "only applies with sessionAffinity.cookieName",
+                );
             }
             let lower = h.to_ascii_lowercase();
             if !is_header_name(&lower) {
-                return err("sessionAffinity.header", format!("{h:?} is not a valid header name"));
+                return err(
+                    "sessionAffinity.header",
+                    format!("{h:?} is not a valid header name"),
+                );
             }
             Ok(Affinity::Header(lower))
         }
         (None, Some(c)) => {
             if !is_header_name(&c) {
-                return err("sessionAffinity.cookieName", format!("{c:?} is not a valid cookie name"));
+                return err(
+                    "sessionAffinity.cookieName",
+                    format!("{c:?} is not a valid cookie name"),
+                );
             }
             let max_age_s = raw.max_age.unwrap_or(86_400);
             if max_age_s == 0 {
@@ -384,9 +423,10 @@ fn check_affinity(raw: Option<RawAffinity>) -> Result<Affinity, ConfigError> {
             }
             Ok(Affinity::Cookie { name: c, max_age_s })
         }
-        (Some(_), Some(_)) => {
-            err("sessionAffinity", "set either header or cookieName, not both")
-        }
+        (Some(_), Some(_)) => err(
+            "sessionAffinity",
+            "set either header or cookieName, not both",
+        ),
         (None, None) => err("sessionAffinity", "needs header or cookieName"),
     }
 }
@@ -404,14 +444,23 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
         ("analysis.alerts", raw.alerts.is_some()),
         ("analysis.mirror", raw.mirror.is_some()),
         ("analysis.mirrorWeight", raw.mirror_weight.is_some()),
-        ("analysis.primaryReadyThreshold", raw.primary_ready_threshold.is_some()),
-        ("analysis.canaryReadyThreshold", raw.canary_ready_threshold.is_some()),
+        (
+            "analysis.primaryReadyThreshold",
+            raw.primary_ready_threshold.is_some(),
+        ),
+        (
+            "analysis.canaryReadyThreshold",
+            raw.canary_ready_threshold.is_some(),
+        ),
     ];
     if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
         return err(*field, "is a Flagger field that canary-guard does not support (it needs a controller); remove it");
     }
     if raw.session_affinity.is_some() {
-        return err("analysis.sessionAffinity", "set sessionAffinity at the top level of the canary-guard configuration");
+        return err(
+            "analysis.sessionAffinity",
+            "set sessionAffinity at the top level of the canary-guard configuration",
+        );
     }
 
     let interval_text = raw.interval.unwrap_or_else(|| "1m".to_string());
@@ -422,7 +471,12 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
         return err("analysis.threshold", "0 must be at least 1");
     }
 
-    let steps = check_steps(raw.step_weight, raw.max_weight, raw.step_weights, raw.iterations)?;
+    let steps = check_steps(
+        raw.step_weight,
+        raw.max_weight,
+        raw.step_weights,
+        raw.iterations,
+    )?;
 
     let promotion_step = match raw.step_weight_promotion {
         None | Some(0) => 0,
@@ -431,7 +485,10 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
 
     let min_requests = raw.min_requests.unwrap_or(1);
     if min_requests == 0 {
-        return err("analysis.minRequests", "0 must be at least 1 (no data fails a check)");
+        return err(
+            "analysis.minRequests",
+            "0 must be at least 1 (no data fails a check)",
+        );
     }
 
     let mut matches = Vec::new();
@@ -439,7 +496,10 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
         matches.push(check_match(i, m)?);
     }
     if matches!(steps, Steps::Iterations(_)) && matches.is_empty() {
-        return err("analysis.iterations", "A/B testing with iterations needs analysis.match rules");
+        return err(
+            "analysis.iterations",
+            "A/B testing with iterations needs analysis.match rules",
+        );
     }
 
     let mut metrics = Vec::new();
@@ -462,7 +522,10 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
 fn check_interval(field: &str, text: &str) -> Result<u64, ConfigError> {
     let ms = parse_millis(text).or_else(|e| err(field, e))?;
     if ms < MIN_INTERVAL_MS {
-        return err(field, format!("{text:?} must be at least {MIN_INTERVAL_MS}ms"));
+        return err(
+            field,
+            format!("{text:?} must be at least {MIN_INTERVAL_MS}ms"),
+        );
     }
     if ms > MAX_WINDOW_MS {
         return err(field, format!("{text:?} must be at most 24h"));
@@ -476,7 +539,9 @@ fn check_steps(
     step_weights: Option<Vec<u32>>,
     iterations: Option<u32>,
 ) -> Result<Steps, ConfigError> {
-    let max = max_weight.map(|v| weight("analysis.maxWeight", v)).transpose()?;
+    let max = max_weight
+        .map(|v| weight("analysis.maxWeight", v))
+        .transpose()?;
     match (step_weight, step_weights, iterations) {
         (_, Some(list), _) => {
             if list.is_empty() {
@@ -486,14 +551,20 @@ fn check_steps(
             for (i, v) in list.iter().enumerate() {
                 let w = weight(&format!("analysis.stepWeights[{i}]"), *v)?;
                 if out.last().is_some_and(|prev| *prev >= w) {
-                    return err("analysis.stepWeights", format!("{list:?} must be strictly increasing"));
+                    return err(
+                        "analysis.stepWeights",
+                        format!("{list:?} must be strictly increasing"),
+                    );
                 }
                 out.push(w);
             }
             if let Some(max) = max {
                 let first = out.first().copied().unwrap_or(0);
                 if max < first {
-                    return err("analysis.maxWeight", format!("{max} is below the first step {first}"));
+                    return err(
+                        "analysis.maxWeight",
+                        format!("{max} is below the first step {first}"),
+                    );
                 }
                 // Steps above maxWeight are capped to it (the analysis never passes maxWeight).
                 out.retain(|w| *w < max);
@@ -505,7 +576,10 @@ fn check_steps(
             let step = weight("analysis.stepWeight", step)?;
             let max = max.unwrap_or(100);
             if max < step {
-                return err("analysis.maxWeight", format!("{max} is below the first step {step}"));
+                return err(
+                    "analysis.maxWeight",
+                    format!("{max} is below the first step {step}"),
+                );
             }
             Ok(Steps::Linear { step, max })
         }
@@ -514,7 +588,10 @@ fn check_steps(
                 return err("analysis.iterations", "0 must be at least 1");
             }
             if max.is_some() {
-                return err("analysis.maxWeight", "does not apply to A/B testing with iterations");
+                return err(
+                    "analysis.maxWeight",
+                    "does not apply to A/B testing with iterations",
+                );
             }
             Ok(Steps::Iterations(n))
         }
@@ -537,7 +614,10 @@ fn check_match(i: usize, raw: RawMatch) -> Result<MatchRule, ConfigError> {
         if !is_header_name(&lower) && !lower.starts_with(':') {
             return err(hfield, format!("{name:?} is not a valid header name"));
         }
-        let set = [&m.exact, &m.prefix, &m.suffix, &m.regex].iter().filter(|v| v.is_some()).count();
+        let set = [&m.exact, &m.prefix, &m.suffix, &m.regex]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
         if set != 1 {
             return err(hfield, "needs exactly one of exact, prefix, suffix, regex");
         }
@@ -545,8 +625,12 @@ fn check_match(i: usize, raw: RawMatch) -> Result<MatchRule, ConfigError> {
             (Some(v), _, _, _) => StringMatch::Exact(v),
             (_, Some(v), _, _) => StringMatch::Prefix(v),
             (_, _, Some(v), _) => StringMatch::Suffix(v),
-            (_, _, _, Some(v)) => StringMatch::regex(&v, MAX_REGEX_LEN)
-                .map_err(|e| ConfigError { field: format!("{hfield}.regex"), message: e })?,
+            (_, _, _, Some(v)) => {
+                StringMatch::regex(&v, MAX_REGEX_LEN).map_err(|e| ConfigError {
+                    field: format!("{hfield}.regex"),
+                    message: e,
+                })?
+            }
             _ => return err(hfield, "needs exactly one of exact, prefix, suffix, regex"),
         };
         headers.push((lower, matcher));
@@ -573,7 +657,10 @@ fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricChec
         }
     };
     let Some(range) = raw.threshold_range else {
-        return err(format!("{field}.thresholdRange"), "is required (min, max or both)");
+        return err(
+            format!("{field}.thresholdRange"),
+            "is required (min, max or both)",
+        );
     };
     let rfield = format!("{field}.thresholdRange");
     if range.min.is_none() && range.max.is_none() {
@@ -590,7 +677,10 @@ fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricChec
                     MetricKind::SuccessRate => "a percentage between 0 and 100",
                     MetricKind::Duration => "milliseconds, at least 0",
                 };
-                return err(format!("{rfield}.{bound}"), format!("{v} must be {allowed}"));
+                return err(
+                    format!("{rfield}.{bound}"),
+                    format!("{v} must be {allowed}"),
+                );
             }
         }
     }
@@ -606,15 +696,28 @@ fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricChec
     let percentile = match (kind, raw.percentile) {
         (MetricKind::Duration, Some(p)) if p > 0.0 && p <= 100.0 => p,
         (MetricKind::Duration, Some(p)) => {
-            return err(format!("{field}.percentile"), format!("{p} must be in (0, 100]"))
+            return err(
+                format!("{field}.percentile"),
+                format!("{p} must be in (0, 100]"),
+            )
         }
         (MetricKind::Duration, None) => 99.0,
         (MetricKind::SuccessRate, Some(p)) => {
-            return err(format!("{field}.percentile"), format!("{p} only applies to request-duration"))
+            return err(
+                format!("{field}.percentile"),
+                format!("{p} only applies to request-duration"),
+            )
         }
         (MetricKind::SuccessRate, None) => 0.0,
     };
-    Ok(MetricCheck { name: raw.name, kind, min: range.min, max: range.max, window_ms, percentile })
+    Ok(MetricCheck {
+        name: raw.name,
+        kind,
+        min: range.min,
+        max: range.max,
+        window_ms,
+        percentile,
+    })
 }
 
 #[cfg(test)]
@@ -667,7 +770,10 @@ pub(crate) mod tests {
     fn rejects(pointer: &str, value: Value, field: &str, mentions: &str) {
         let e = with(pointer, Some(value)).unwrap_err();
         assert_eq!(e.field, field, "{e}");
-        assert!(e.to_string().contains(mentions), "{e} should mention {mentions}");
+        assert!(
+            e.to_string().contains(mentions),
+            "{e} should mention {mentions}"
+        );
     }
 
     #[test]
@@ -734,19 +840,64 @@ pub(crate) mod tests {
 
     #[test]
     fn out_of_range_values_are_refused() {
-        rejects("/analysis/stepWeights", serde_json::json!([1, 5, 101]), "analysis.stepWeights[2]", "101");
-        rejects("/analysis/stepWeights", serde_json::json!([10, 5]), "analysis.stepWeights", "[10, 5]");
-        rejects("/analysis/stepWeights", serde_json::json!([10, 10]), "analysis.stepWeights", "increasing");
+        rejects(
+            "/analysis/stepWeights",
+            serde_json::json!([1, 5, 101]),
+            "analysis.stepWeights[2]",
+            "101",
+        );
+        rejects(
+            "/analysis/stepWeights",
+            serde_json::json!([10, 5]),
+            "analysis.stepWeights",
+            "[10, 5]",
+        );
+        rejects(
+            "/analysis/stepWeights",
+            serde_json::json!([10, 10]),
+            "analysis.stepWeights",
+            "increasing",
+        );
         rejects("/analysis/maxWeight", 0.into(), "analysis.maxWeight", "0");
-        rejects("/analysis/maxWeight", 150.into(), "analysis.maxWeight", "150");
+        rejects(
+            "/analysis/maxWeight",
+            150.into(),
+            "analysis.maxWeight",
+            "150",
+        );
         rejects("/analysis/threshold", 0.into(), "analysis.threshold", "0");
-        rejects("/analysis/interval", "0s".into(), "analysis.interval", "\"0s\"");
-        rejects("/analysis/interval", "soon".into(), "analysis.interval", "soon");
+        rejects(
+            "/analysis/interval",
+            "0s".into(),
+            "analysis.interval",
+            "\"0s\"",
+        );
+        rejects(
+            "/analysis/interval",
+            "soon".into(),
+            "analysis.interval",
+            "soon",
+        );
         rejects("/upstreams/stable", "".into(), "upstreams.stable", "\"\"");
-        rejects("/upstreams/canary", "web-stable".into(), "upstreams.canary", "web-stable");
+        rejects(
+            "/upstreams/canary",
+            "web-stable".into(),
+            "upstreams.canary",
+            "web-stable",
+        );
         rejects("/name", "web.prod".into(), "name", "web.prod");
-        rejects("/analysis/minRequests", 0.into(), "analysis.minRequests", "0");
-        rejects("/analysis/stepWeightPromotion", 120.into(), "analysis.stepWeightPromotion", "120");
+        rejects(
+            "/analysis/minRequests",
+            0.into(),
+            "analysis.minRequests",
+            "0",
+        );
+        rejects(
+            "/analysis/stepWeightPromotion",
+            120.into(),
+            "analysis.stepWeightPromotion",
+            "120",
+        );
     }
 
     #[test]
@@ -785,7 +936,12 @@ pub(crate) mod tests {
 
     #[test]
     fn flagger_controller_fields_are_refused_by_name() {
-        rejects("/analysis/webhooks", serde_json::json!([]), "analysis.webhooks", "does not support");
+        rejects(
+            "/analysis/webhooks",
+            serde_json::json!([]),
+            "analysis.webhooks",
+            "does not support",
+        );
     }
 
     #[test]
@@ -806,8 +962,18 @@ pub(crate) mod tests {
 
     #[test]
     fn cookie_affinity_and_defaults() {
-        let c = with("/sessionAffinity", Some(serde_json::json!({"cookieName": "flagger-cookie"}))).unwrap();
-        assert_eq!(c.affinity, Affinity::Cookie { name: "flagger-cookie".into(), max_age_s: 86_400 });
+        let c = with(
+            "/sessionAffinity",
+            Some(serde_json::json!({"cookieName": "flagger-cookie"})),
+        )
+        .unwrap();
+        assert_eq!(
+            c.affinity,
+            Affinity::Cookie {
+                name: "flagger-cookie".into(),
+                max_age_s: 86_400
+            }
+        );
         rejects(
             "/sessionAffinity",
             serde_json::json!({"cookieName": "a", "header": "b"}),
@@ -831,8 +997,14 @@ pub(crate) mod tests {
 
     #[test]
     fn plugin_role_selects_filter_or_singleton() {
-        assert_eq!(parse_plugin(br#"{"role": "analyser"}"#), Ok(Plugin::Analyser));
-        assert!(matches!(parse_plugin(EXAMPLE.as_bytes()), Ok(Plugin::Filter(_))));
+        assert_eq!(
+            parse_plugin(br#"{"role": "analyser"}"#),
+            Ok(Plugin::Analyser)
+        );
+        assert!(matches!(
+            parse_plugin(EXAMPLE.as_bytes()),
+            Ok(Plugin::Filter(_))
+        ));
         assert!(with("/role", Some("filter".into())).is_ok());
         let e = with("/role", Some("analyser".into())).unwrap_err();
         assert_eq!(e.field, "role", "{e}");

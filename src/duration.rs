@@ -17,7 +17,9 @@ pub fn parse_millis(text: &str) -> Result<u64, String> {
             .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_len);
         if num.is_empty() || num == "." {
-            return Err(format!("{text:?} is not a duration (expected e.g. \"500ms\", \"1s\", \"1m\")"));
+            return Err(format!(
+                "{text:?} is not a duration (expected e.g. \"500ms\", \"1s\", \"1m\")"
+            ));
         }
         let value: f64 = num
             .parse()

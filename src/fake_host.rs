@@ -70,7 +70,10 @@ impl FakeTelemetry {
         self.gauges.get(&stat.full_name(canary)).copied()
     }
     pub fn counter_of(&self, canary: &str, stat: Stat) -> u64 {
-        self.counters.get(&stat.full_name(canary)).copied().unwrap_or(0)
+        self.counters
+            .get(&stat.full_name(canary))
+            .copied()
+            .unwrap_or(0)
     }
     pub fn logged(&self, needle: &str) -> bool {
         self.logs.iter().any(|(_, m)| m.contains(needle))

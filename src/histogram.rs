@@ -13,7 +13,11 @@ pub const BUCKETS: u16 = bucket_of(MAX_MICROS) + 1;
 
 /// Bucket index of a value in µs.
 pub const fn bucket_of(micros: u64) -> u16 {
-    let v = if micros > MAX_MICROS { MAX_MICROS } else { micros };
+    let v = if micros > MAX_MICROS {
+        MAX_MICROS
+    } else {
+        micros
+    };
     if v < 2 * SUB {
         return v as u16;
     }
@@ -123,7 +127,12 @@ mod tests {
         let mut prev_hi = 0;
         for i in 0..BUCKETS {
             let (lo, hi) = bounds_of(i);
-            assert_eq!(lo, prev_hi, "bucket {i} starts where {} ended", i.wrapping_sub(1));
+            assert_eq!(
+                lo,
+                prev_hi,
+                "bucket {i} starts where {} ended",
+                i.wrapping_sub(1)
+            );
             assert_eq!(bucket_of(lo), i);
             assert_eq!(bucket_of(hi - 1), i);
             prev_hi = hi;
@@ -133,7 +142,9 @@ mod tests {
 
     #[test]
     fn relative_error_is_bounded() {
-        for v in [1u64, 31, 32, 33, 100, 999, 1_000, 12_345, 500_000, 2_000_000, 60_000_000] {
+        for v in [
+            1u64, 31, 32, 33, 100, 999, 1_000, 12_345, 500_000, 2_000_000, 60_000_000,
+        ] {
             let est = value_of(bucket_of(v));
             let err = (est - v as f64).abs() / v as f64;
             assert!(err <= 1.0 / 32.0 + 1e-9, "{v}: {est} off by {err}");

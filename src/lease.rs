@@ -44,7 +44,11 @@ impl Lease {
             _ => return None,
         };
         let expires_ms = r.u64()?;
-        r.is_done().then_some(Lease { token, kind, expires_ms })
+        r.is_done().then_some(Lease {
+            token,
+            kind,
+            expires_ms,
+        })
     }
 }
 
@@ -57,7 +61,11 @@ pub fn try_lead(
     now_ms: u64,
     ttl_ms: u64,
 ) -> bool {
-    let mine = Lease { token, kind, expires_ms: now_ms.saturating_add(ttl_ms) };
+    let mine = Lease {
+        token,
+        kind,
+        expires_ms: now_ms.saturating_add(ttl_ms),
+    };
     match store.get(key) {
         Err(_) => false,
         Ok(None) => {
@@ -100,10 +108,22 @@ mod tests {
         let s = FakeStore::default();
         assert!(try_lead(&s, KEY, 1, HolderKind::Worker, 0, 1000));
         assert!(!try_lead(&s, KEY, 2, HolderKind::Worker, 500, 1000));
-        assert!(try_lead(&s, KEY, 1, HolderKind::Worker, 600, 1000), "renewal");
-        assert!(!try_lead(&s, KEY, 2, HolderKind::Worker, 1500, 1000), "renewed until 1600");
-        assert!(try_lead(&s, KEY, 2, HolderKind::Worker, 1600, 1000), "expired: taken over");
-        assert!(!try_lead(&s, KEY, 1, HolderKind::Worker, 1700, 1000), "old leader lost it");
+        assert!(
+            try_lead(&s, KEY, 1, HolderKind::Worker, 600, 1000),
+            "renewal"
+        );
+        assert!(
+            !try_lead(&s, KEY, 2, HolderKind::Worker, 1500, 1000),
+            "renewed until 1600"
+        );
+        assert!(
+            try_lead(&s, KEY, 2, HolderKind::Worker, 1600, 1000),
+            "expired: taken over"
+        );
+        assert!(
+            !try_lead(&s, KEY, 1, HolderKind::Worker, 1700, 1000),
+            "old leader lost it"
+        );
     }
 
     #[test]
@@ -112,7 +132,10 @@ mod tests {
         assert!(try_lead(&s, KEY, 1, HolderKind::Worker, 0, 1000));
         assert!(try_lead(&s, KEY, 9, HolderKind::Singleton, 10, 1000));
         assert!(!try_lead(&s, KEY, 1, HolderKind::Worker, 20, 1000));
-        assert!(!try_lead(&s, KEY, 8, HolderKind::Singleton, 30, 1000), "a second singleton waits");
+        assert!(
+            !try_lead(&s, KEY, 8, HolderKind::Singleton, 30, 1000),
+            "a second singleton waits"
+        );
     }
 
     #[test]
@@ -120,7 +143,10 @@ mod tests {
         let s = FakeStore::default();
         assert!(try_lead(&s, KEY, 1, HolderKind::Worker, 0, 10_000));
         release(&s, KEY, 2);
-        assert!(!try_lead(&s, KEY, 2, HolderKind::Worker, 1, 10_000), "release by a non-holder is ignored");
+        assert!(
+            !try_lead(&s, KEY, 2, HolderKind::Worker, 1, 10_000),
+            "release by a non-holder is ignored"
+        );
         release(&s, KEY, 1);
         assert!(try_lead(&s, KEY, 2, HolderKind::Worker, 2, 10_000));
     }
@@ -130,6 +156,11 @@ mod tests {
         let s = FakeStore::default();
         s.set(KEY, b"\x00garbage", 0).unwrap();
         assert!(try_lead(&s, KEY, 3, HolderKind::Worker, 0, 1000));
-        assert_eq!(Lease::decode(&s.get(KEY).unwrap().unwrap().0).unwrap().token, 3);
+        assert_eq!(
+            Lease::decode(&s.get(KEY).unwrap().unwrap().0)
+                .unwrap()
+                .token,
+            3
+        );
     }
 }

@@ -30,7 +30,10 @@ impl PartialEq for StringMatch {
 impl StringMatch {
     pub fn regex(source: &str, max_len: usize) -> Result<Self, String> {
         if source.len() > max_len {
-            return Err(format!("regex is {} bytes, more than the {max_len} allowed", source.len()));
+            return Err(format!(
+                "regex is {} bytes, more than the {max_len} allowed",
+                source.len()
+            ));
         }
         // Anchor: Istio/Envoy regex matches are full-string matches.
         RegexBuilder::new(&format!("^(?:{source})$"))
@@ -79,11 +82,18 @@ mod tests {
     use super::*;
 
     fn rule(h: &[(&str, StringMatch)]) -> MatchRule {
-        MatchRule { headers: h.iter().map(|(n, m)| (n.to_string(), m.clone())).collect() }
+        MatchRule {
+            headers: h.iter().map(|(n, m)| (n.to_string(), m.clone())).collect(),
+        }
     }
 
     fn lookup<'a>(pairs: &'a [(&'a str, &'a [u8])]) -> impl FnMut(&str) -> Option<Vec<u8>> + 'a {
-        move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_vec())
+        move |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_vec())
+        }
     }
 
     #[test]
@@ -112,10 +122,16 @@ mod tests {
         ]);
         let only_c = rule(&[("x-c", StringMatch::Prefix("yes".into()))]);
         let rules = vec![both, only_c];
-        assert!(any_matches(&rules, &mut lookup(&[("x-a", b"1"), ("x-b", b"2")])));
+        assert!(any_matches(
+            &rules,
+            &mut lookup(&[("x-a", b"1"), ("x-b", b"2")])
+        ));
         assert!(!any_matches(&rules, &mut lookup(&[("x-a", b"1")])));
         assert!(any_matches(&rules, &mut lookup(&[("x-c", b"yes-please")])));
-        assert!(!any_matches(&rules, &mut lookup(&[("x-c", b"\xffyes")])), "non-UTF-8 never matches");
+        assert!(
+            !any_matches(&rules, &mut lookup(&[("x-c", b"\xffyes")])),
+            "non-UTF-8 never matches"
+        );
         assert!(!any_matches(&[], &mut lookup(&[])));
     }
 
@@ -123,7 +139,10 @@ mod tests {
     fn huge_or_nested_regexes_are_refused() {
         assert!(StringMatch::regex(&"a".repeat(2000), 1024).is_err());
         assert!(StringMatch::regex(&"(".repeat(100).to_string(), 1024).is_err());
-        assert!(StringMatch::regex("(a{1000}){1000}", 1024).is_err(), "program size is bounded");
+        assert!(
+            StringMatch::regex("(a{1000}){1000}", 1024).is_err(),
+            "program size is bounded"
+        );
     }
 
     #[test]

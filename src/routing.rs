@@ -39,7 +39,11 @@ pub struct Decision {
 
 impl Decision {
     fn new(side: Side, reason: Reason) -> Self {
-        Decision { side, reason, set_cookie: None }
+        Decision {
+            side,
+            reason,
+            set_cookie: None,
+        }
     }
 }
 
@@ -69,18 +73,20 @@ pub fn decide(
     match &cfg.affinity {
         Affinity::None => Decision::new(pick(random % 100, weight), Reason::Weight),
         Affinity::Header(name) => match header(name) {
-            Some(value) if !value.is_empty() => {
-                Decision::new(pick(user_bucket(&cfg.name, &value), weight), Reason::Affinity)
-            }
+            Some(value) if !value.is_empty() => Decision::new(
+                pick(user_bucket(&cfg.name, &value), weight),
+                Reason::Affinity,
+            ),
             // No identity: this request is not sticky.
             _ => Decision::new(pick(random % 100, weight), Reason::Weight),
         },
         Affinity::Cookie { name, max_age_s } => {
             let cookies = header("cookie").unwrap_or_default();
             match cookie_value(&cookies, name.as_bytes()) {
-                Some(value) if !value.is_empty() => {
-                    Decision::new(pick(user_bucket(&cfg.name, value), weight), Reason::Affinity)
-                }
+                Some(value) if !value.is_empty() => Decision::new(
+                    pick(user_bucket(&cfg.name, value), weight),
+                    Reason::Affinity,
+                ),
                 _ => {
                     // First visit: mint an identity, route by it, and hand it to the client.
                     let id = format!("{random:016x}");
@@ -164,7 +170,11 @@ mod tests {
     use crate::config::tests::{example, with};
 
     fn state(phase: Phase, weight: u8) -> CanaryState {
-        CanaryState { phase, weight, ..CanaryState::new("v2", 0) }
+        CanaryState {
+            phase,
+            weight,
+            ..CanaryState::new("v2", 0)
+        }
     }
 
     fn no_headers(_: &str) -> Option<Vec<u8>> {
@@ -173,7 +183,10 @@ mod tests {
 
     fn share_on_canary(cfg: &Config, st: &CanaryState) -> usize {
         (0..10_000u64)
-            .filter(|r| decide(cfg, Some(st), &mut no_headers, crate::routing::mix64(*r)).side == Side::Canary)
+            .filter(|r| {
+                decide(cfg, Some(st), &mut no_headers, crate::routing::mix64(*r)).side
+                    == Side::Canary
+            })
             .count()
     }
 
@@ -181,16 +194,27 @@ mod tests {
     fn unknown_state_routes_to_stable() {
         let cfg = example();
         assert_eq!(decide(&cfg, None, &mut no_headers, 0).side, Side::Stable);
-        let other = CanaryState { weight: 100, phase: Phase::Progressing, ..CanaryState::new("v1", 0) };
+        let other = CanaryState {
+            weight: 100,
+            phase: Phase::Progressing,
+            ..CanaryState::new("v1", 0)
+        };
         let d = decide(&cfg, Some(&other), &mut no_headers, 0);
-        assert_eq!((d.side, d.reason), (Side::Stable, Reason::NoState), "state of another revision");
+        assert_eq!(
+            (d.side, d.reason),
+            (Side::Stable, Reason::NoState),
+            "state of another revision"
+        );
     }
 
     #[test]
     fn weight_is_the_canary_probability() {
         let cfg = with("/sessionAffinity", None).unwrap();
         assert_eq!(share_on_canary(&cfg, &state(Phase::Progressing, 0)), 0);
-        assert_eq!(share_on_canary(&cfg, &state(Phase::Progressing, 100)), 10_000);
+        assert_eq!(
+            share_on_canary(&cfg, &state(Phase::Progressing, 100)),
+            10_000
+        );
         let at_20 = share_on_canary(&cfg, &state(Phase::Progressing, 20));
         assert!((1_800..2_200).contains(&at_20), "{at_20}");
     }
@@ -200,7 +224,11 @@ mod tests {
         let cfg = example();
         let mut insider = |n: &str| (n == "x-canary").then(|| b"insider".to_vec());
         let d = decide(&cfg, Some(&state(Phase::Failed, 50)), &mut insider, 0);
-        assert_eq!((d.side, d.reason), (Side::Stable, Reason::Failed), "match rules stop after a rollback");
+        assert_eq!(
+            (d.side, d.reason),
+            (Side::Stable, Reason::Failed),
+            "match rules stop after a rollback"
+        );
         let d = decide(&cfg, Some(&state(Phase::Succeeded, 0)), &mut no_headers, 99);
         assert_eq!((d.side, d.reason), (Side::Canary, Reason::Promoted));
     }
@@ -231,11 +259,18 @@ mod tests {
             let mut was_canary = false;
             for w in [1u8, 5, 10, 25, 50, 100] {
                 let mut h = |n: &str| (n == "x-user-id").then(|| id.as_bytes().to_vec());
-                let sides: Vec<Side> =
-                    (0..3).map(|r| decide(&cfg, Some(&state(Phase::Progressing, w)), &mut h, r).side).collect();
-                assert!(sides.iter().all(|s| *s == sides[0]), "same user, same side, any random");
+                let sides: Vec<Side> = (0..3)
+                    .map(|r| decide(&cfg, Some(&state(Phase::Progressing, w)), &mut h, r).side)
+                    .collect();
+                assert!(
+                    sides.iter().all(|s| *s == sides[0]),
+                    "same user, same side, any random"
+                );
                 let on = sides[0] == Side::Canary;
-                assert!(on || !was_canary, "user {id} left the canary when weight rose to {w}");
+                assert!(
+                    on || !was_canary,
+                    "user {id} left the canary when weight rose to {w}"
+                );
                 was_canary = on;
             }
             assert!(was_canary, "everyone is on the canary at 100");
@@ -244,7 +279,11 @@ mod tests {
 
     #[test]
     fn cookie_affinity_mints_and_honours_a_cookie() {
-        let cfg = with("/sessionAffinity", Some(serde_json::json!({"cookieName": "cg", "maxAge": 60}))).unwrap();
+        let cfg = with(
+            "/sessionAffinity",
+            Some(serde_json::json!({"cookieName": "cg", "maxAge": 60})),
+        )
+        .unwrap();
         let st = state(Phase::Progressing, 50);
         let d = decide(&cfg, Some(&st), &mut no_headers, 0xabc);
         let cookie = d.set_cookie.clone().unwrap();
@@ -259,7 +298,10 @@ mod tests {
     fn cookie_parser_tolerates_junk() {
         assert_eq!(cookie_value(b"a=1; b=2", b"b"), Some(&b"2"[..]));
         assert_eq!(cookie_value(b";;; =; b ; b= 3 ", b"b"), Some(&b"3"[..]));
-        assert_eq!(cookie_value(b"\xff\xfe=\x00; c=\xff", b"c"), Some(&b"\xff"[..]));
+        assert_eq!(
+            cookie_value(b"\xff\xfe=\x00; c=\xff", b"c"),
+            Some(&b"\xff"[..])
+        );
         assert_eq!(cookie_value(b"", b"b"), None);
         assert_eq!(cookie_value(b"bb=1", b"b"), None);
     }

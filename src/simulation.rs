@@ -1,0 +1,749 @@
+//! A deterministic simulation of one proxy, in the spirit of the proxy-wasm Go SDK's `proxytest`:
+//! several worker root contexts (a `Worker` and its `Analyser`, wired as the adapter wires them)
+//! and optionally the bootstrap `Singleton`, sharing one `FakeStore` and one stats sink (Envoy's
+//! stats are process-wide), driven by a simulated clock in 10 ms steps. Each step sends requests
+//! through random workers to a simulated stable or canary backend, then ticks every root context
+//! whose tick period has elapsed (workers: clamp(interval / 10, 20, 100) ms; singleton: 100 ms).
+
+use crate::analyser::{Analyser, Singleton, LEASE_TTL_MS};
+use crate::config::{parse, tests::EXAMPLE};
+use crate::fake_host::{FakeStore, FakeTelemetry};
+use crate::host::{HostError, SetError, SharedStore, Stat};
+use crate::keys::Keys;
+use crate::lease::{HolderKind, Lease};
+use crate::routing::{mix64, Side};
+use crate::state::{CanaryState, Phase};
+use crate::tally::Totals;
+use crate::worker::Worker;
+use serde_json::Value;
+use std::cell::RefCell;
+
+const STEP_MS: u64 = 10;
+const SINGLETON_TICK_MS: u64 = 100;
+const SINGLETON_TOKEN: u64 = 0x5eed;
+const NAME: &str = "web";
+/// `config()`'s analysis interval.
+const INTERVAL_MS: u64 = 500;
+
+/// EXAMPLE with short intervals (checks every 500 ms over 2 s windows, minRequests 5), then the
+/// given (JSON pointer, value) replacements.
+fn config(edits: &[(&str, Value)]) -> String {
+    let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+    v["analysis"]["interval"] = "500ms".into();
+    v["analysis"]["minRequests"] = 5.into();
+    for m in v["analysis"]["metrics"].as_array_mut().unwrap() {
+        m["interval"] = "2s".into();
+    }
+    for (pointer, value) in edits {
+        *v.pointer_mut(pointer).unwrap() = value.clone();
+    }
+    v.to_string()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// A bootstrap singleton analyses (the workers' analysers stand by, as in Envoy).
+    Singleton,
+    /// No singleton: the workers elect a leader (Istio).
+    Leader,
+}
+
+/// The simulated upstreams: error percentage and latency per side.
+struct Backend {
+    stable_5xx_pct: u64,
+    canary_5xx_pct: u64,
+    canary_ms: u64,
+}
+
+/// One worker root context.
+struct Node {
+    worker: Worker,
+    analyser: Analyser,
+    /// The analyser's token (the adapter uses one token for both; tests may share it).
+    token: u64,
+    period: u64,
+    next_tick: u64,
+    ticking: bool,
+    /// Receives requests (a draining or crashed context does not).
+    serving: bool,
+}
+
+struct Sim {
+    store: FakeStore,
+    tel: FakeTelemetry,
+    now: u64,
+    rng: u64,
+    tokens: u64,
+    nodes: Vec<Node>,
+    singleton: Option<(Singleton, u64)>,
+    backend: Backend,
+    /// Requests per step.
+    load: u64,
+    /// Outcomes recorded through the workers, per side.
+    sent: Totals,
+    /// Requests routed while the stored state said Failed.
+    sent_after_failed: Totals,
+    /// Every distinct (revision, phase, weight) the state went through.
+    history: Vec<(String, Phase, u8)>,
+    max_leaders: usize,
+}
+
+impl Sim {
+    fn new(mode: Mode, workers: usize, raw: &str) -> Sim {
+        let mut sim = Sim {
+            store: FakeStore::default(),
+            tel: FakeTelemetry::default(),
+            now: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            tokens: 0,
+            nodes: Vec::new(),
+            singleton: (mode == Mode::Singleton).then(|| (Singleton::new(SINGLETON_TOKEN), 5)),
+            backend: Backend {
+                stable_5xx_pct: 0,
+                canary_5xx_pct: 0,
+                canary_ms: 30,
+            },
+            load: 50,
+            sent: Totals::default(),
+            sent_after_failed: Totals::default(),
+            history: Vec::new(),
+            max_leaders: 0,
+        };
+        for _ in 0..workers {
+            sim.add_worker(raw);
+        }
+        sim
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn token(&mut self) -> u64 {
+        self.tokens += 1;
+        mix64(self.tokens)
+    }
+
+    /// A new worker root context, configured now (as `on_configure` builds it).
+    fn add_worker(&mut self, raw: &str) -> usize {
+        let token = self.token();
+        self.add_node(raw, token, token)
+    }
+
+    fn add_node(&mut self, raw: &str, worker_token: u64, analyser_token: u64) -> usize {
+        let cfg = parse(raw.as_bytes()).unwrap();
+        let period = (cfg.analysis.interval_ms / 10).clamp(20, 100);
+        self.nodes.push(Node {
+            analyser: Analyser::for_worker(cfg.clone(), analyser_token, raw.as_bytes().to_vec()),
+            worker: Worker::new(cfg, raw.as_bytes().to_vec(), worker_token, self.now),
+            token: analyser_token,
+            period,
+            next_tick: self.now + 1 + worker_token % period,
+            ticking: true,
+            serving: true,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// `on_done`: the context publishes, releases its slot and lease, and stops.
+    fn shutdown(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.worker.shutdown(&self.store, &mut self.tel);
+        n.analyser.shutdown(&self.store);
+        n.ticking = false;
+        n.serving = false;
+    }
+
+    /// An xDS update: every live context is reconfigured (shut down and rebuilt with `raw`).
+    fn reconfigure_all(&mut self, raw: &str) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].ticking {
+                self.shutdown(i);
+                self.add_worker(raw);
+            }
+        }
+    }
+
+    /// Routes and completes `n` requests through random serving workers; returns the sides.
+    fn send(&mut self, n: u64) -> Totals {
+        let failed = self.state().is_some_and(|s| s.phase == Phase::Failed);
+        let serving: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].serving)
+            .collect();
+        let mut batch = Totals::default();
+        if serving.is_empty() {
+            return batch;
+        }
+        for _ in 0..n {
+            let i = serving[(self.rand() % serving.len() as u64) as usize];
+            let side = self.nodes[i].worker.route(&self.store, &mut |_| None).side;
+            let (pct, ms) = match side {
+                Side::Stable => (self.backend.stable_5xx_pct, 20),
+                Side::Canary => (self.backend.canary_5xx_pct, self.backend.canary_ms),
+            };
+            let status = if self.rand() % 100 < pct { 503 } else { 200 };
+            let micros = ms * 1000 + self.rand() % 5_000;
+            self.nodes[i].worker.record(side, status, micros);
+            batch.record(side, status);
+        }
+        self.sent.add(&batch);
+        if failed {
+            self.sent_after_failed.add(&batch);
+        }
+        batch
+    }
+
+    fn step(&mut self) {
+        self.send(self.load);
+        for n in self
+            .nodes
+            .iter_mut()
+            .filter(|n| n.ticking && n.next_tick <= self.now)
+        {
+            n.worker.tick(&self.store, &mut self.tel, self.now);
+            n.analyser.tick(&self.store, &mut self.tel, self.now);
+            n.next_tick += n.period;
+        }
+        if let Some((s, next)) = &mut self.singleton {
+            if *next <= self.now {
+                s.tick(&self.store, &mut self.tel, self.now);
+                *next += SINGLETON_TICK_MS;
+            }
+        }
+        if let Some(s) = self.state() {
+            let seen = (s.revision, s.phase, s.weight);
+            if self.history.last() != Some(&seen) {
+                self.history.push(seen);
+            }
+        }
+        self.max_leaders = self.max_leaders.max(self.leaders().len());
+        self.now += STEP_MS;
+    }
+
+    fn run(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// Steps until `done` holds (true) or `limit_ms` more have passed (false).
+    fn run_until(&mut self, limit_ms: u64, done: impl Fn(&Sim) -> bool) -> bool {
+        let end = self.now + limit_ms;
+        while self.now < end {
+            self.step();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Stops the traffic and lets every context publish and the analyser sum it.
+    fn settle(&mut self) {
+        self.load = 0;
+        self.run(1_000);
+    }
+
+    fn state(&self) -> Option<CanaryState> {
+        CanaryState::decode(&self.store.raw(&Keys::new(NAME).state)?)
+    }
+
+    fn phase(&self) -> Option<Phase> {
+        self.state().map(|s| s.phase)
+    }
+
+    fn weight(&self) -> u8 {
+        self.state().map_or(0, |s| s.weight)
+    }
+
+    fn lease_holder(&self) -> Option<u64> {
+        Lease::decode(&self.store.raw(&Keys::new(NAME).lease)?).map(|l| l.token)
+    }
+
+    /// Indices of the live worker contexts whose analyser believes it leads.
+    fn leaders(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].ticking && self.nodes[*i].analyser.is_leading())
+            .collect()
+    }
+
+    /// The weights one revision's analysis went through, in order.
+    fn weights(&self, revision: &str) -> Vec<u8> {
+        let mut out: Vec<u8> = Vec::new();
+        for (_, _, w) in self.history.iter().filter(|h| h.0 == revision) {
+            if out.last() != Some(w) {
+                out.push(*w);
+            }
+        }
+        out
+    }
+
+    fn counter(&self, stat: Stat) -> u64 {
+        self.tel.counter_of(NAME, stat)
+    }
+
+    fn log_count(&self, needle: &str) -> usize {
+        self.tel
+            .logs
+            .iter()
+            .filter(|(_, m)| m.contains(needle))
+            .count()
+    }
+
+    /// The analyser's tallied gauges and the workers' counters both equal what was recorded.
+    fn assert_tallies_exact(&self) {
+        let s = &self.sent;
+        for (counter, gauge, want) in [
+            (
+                Stat::StableRequests,
+                Stat::TalliedStableRequests,
+                s.stable_requests,
+            ),
+            (Stat::Stable5xx, Stat::TalliedStable5xx, s.stable_errors),
+            (
+                Stat::CanaryRequests,
+                Stat::TalliedCanaryRequests,
+                s.canary_requests,
+            ),
+            (Stat::Canary5xx, Stat::TalliedCanary5xx, s.canary_errors),
+        ] {
+            assert_eq!(self.tel.gauge_of(NAME, gauge), Some(want), "{gauge:?}");
+            assert_eq!(self.counter(counter), want, "{counter:?}");
+        }
+    }
+}
+
+/// The logged reasons of the (only) rollback.
+fn rollback_line(sim: &Sim) -> String {
+    let lines: Vec<&String> = sim
+        .tel
+        .logs
+        .iter()
+        .map(|(_, m)| m)
+        .filter(|m| m.contains("rolling back"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines[0].clone()
+}
+
+const FIRST_TO_LAST: [u8; 6] = [1, 5, 10, 25, 50, 100];
+
+#[test]
+fn singleton_walks_every_step_weight_and_promotes_a_healthy_canary() {
+    let mut sim = Sim::new(Mode::Singleton, 4, &config(&[]));
+    assert!(
+        sim.run_until(10_000, |s| s.phase() == Some(Phase::Succeeded)),
+        "{:?}",
+        sim.history
+    );
+    assert_eq!(sim.weights("v2"), FIRST_TO_LAST);
+    assert_eq!(sim.weight(), 100);
+    for (a, b) in [(1, 5), (5, 10), (10, 25), (25, 50)] {
+        assert_eq!(
+            sim.log_count(&format!("canary web rev v2: advance weight {a} -> {b}")),
+            1,
+            "{a} -> {b}"
+        );
+    }
+    assert_eq!(sim.log_count("canary web rev v2: promotion completed"), 1);
+    assert!(
+        !sim.tel.logged("halt advancement"),
+        "a healthy canary never fails a check"
+    );
+    assert_eq!(
+        (sim.counter(Stat::Promotions), sim.counter(Stat::Checks)),
+        (1, 5)
+    );
+    assert_eq!(sim.lease_holder(), Some(SINGLETON_TOKEN));
+    assert!(
+        sim.leaders().is_empty(),
+        "the workers stand by while the singleton holds the lease"
+    );
+    assert_eq!(
+        sim.send(200).canary_requests,
+        200,
+        "promoted: all traffic to the canary"
+    );
+}
+
+#[test]
+fn elected_worker_leader_promotes_a_healthy_canary_alone() {
+    let mut sim = Sim::new(Mode::Leader, 4, &config(&[]));
+    sim.run(200); // every worker has ticked
+    let done = sim.run_until(10_000, |s| {
+        let leaders = s.leaders();
+        assert_eq!(leaders.len(), 1, "exactly one leader at t={}", s.now);
+        assert_eq!(s.lease_holder(), Some(s.nodes[leaders[0]].token));
+        s.phase() == Some(Phase::Succeeded)
+    });
+    assert!(done, "{:?}", sim.history);
+    assert_eq!(sim.max_leaders, 1);
+    assert_eq!(sim.weights("v2"), FIRST_TO_LAST);
+    assert_eq!(sim.log_count("acquired the analyser lease as worker"), 1);
+    assert!(sim.tel.logged("promotion completed"));
+    assert_eq!(sim.counter(Stat::Promotions), 1);
+}
+
+#[test]
+fn failing_canary_is_rolled_back_and_gets_no_more_traffic() {
+    let mut sim = Sim::new(Mode::Singleton, 4, &config(&[]));
+    sim.backend.canary_5xx_pct = 30;
+    assert!(
+        sim.run_until(10_000, |s| s.phase() == Some(Phase::Failed)),
+        "{:?}",
+        sim.history
+    );
+    sim.run(2_000);
+    let s = sim.state().unwrap();
+    assert_eq!((s.phase, s.weight, s.failed_checks), (Phase::Failed, 0, 3));
+    assert_eq!(sim.counter(Stat::Rollbacks), 1);
+    assert!(sim.sent.canary_requests > 0 && sim.sent_after_failed.stable_requests > 1_000);
+    assert_eq!(
+        sim.sent_after_failed.canary_requests, 0,
+        "nothing routed to the canary after the rollback"
+    );
+    assert!(
+        rollback_line(&sim).contains("rolling back, request-success-rate"),
+        "{}",
+        rollback_line(&sim)
+    );
+    assert_eq!(sim.log_count("halt advancement, request-success-rate"), 2);
+}
+
+#[test]
+fn slow_canary_is_rolled_back_on_request_duration() {
+    let mut sim = Sim::new(Mode::Singleton, 4, &config(&[]));
+    sim.backend.canary_ms = 800;
+    assert!(
+        sim.run_until(10_000, |s| s.phase() == Some(Phase::Failed)),
+        "{:?}",
+        sim.history
+    );
+    assert_eq!(sim.weight(), 0);
+    assert_eq!(sim.counter(Stat::Rollbacks), 1);
+    let line = rollback_line(&sim);
+    assert!(
+        line.contains("rolling back, request-duration p99 8"),
+        "{line}"
+    );
+    assert!(
+        line.contains("ms > 500ms") && !line.contains("success-rate"),
+        "{line}"
+    );
+}
+
+#[test]
+fn canary_without_traffic_fails_its_checks_and_is_rolled_back() {
+    let mut sim = Sim::new(Mode::Singleton, 4, &config(&[]));
+    sim.load = 0;
+    sim.run(200);
+    assert_eq!(
+        sim.weight(),
+        1,
+        "the weight goes to the canary, but no request comes"
+    );
+    assert!(
+        sim.run_until(10_000, |s| s.phase() == Some(Phase::Failed)),
+        "{:?}",
+        sim.history
+    );
+    assert_eq!(
+        sim.log_count("halt advancement, no traffic: 0 requests < minRequests 5"),
+        2
+    );
+    assert!(rollback_line(&sim).contains("rolling back, no traffic: 0 requests < minRequests 5"));
+    assert_eq!((sim.weight(), sim.counter(Stat::Rollbacks)), (0, 1));
+}
+
+#[test]
+fn tallies_stay_exact_across_a_shutdown_and_slot_reuse() {
+    let raw = config(&[("/analysis/threshold", 1000.into())]);
+    let mut sim = Sim::new(Mode::Leader, 4, &raw);
+    sim.backend.stable_5xx_pct = 2;
+    sim.backend.canary_5xx_pct = 5;
+    sim.run(1_515);
+    // The leader's context goes away mid-run (between two of its ticks): lease and slot freed.
+    let leader = sim.leaders()[0];
+    let slot = sim.nodes[leader].worker.slot_index().unwrap();
+    sim.send(100); // requests that completed after the last tick
+    sim.shutdown(leader);
+    sim.run(500);
+    assert_eq!(sim.leaders().len(), 1, "released lease taken over at once");
+    let fresh = sim.add_worker(&raw);
+    sim.run(1_000);
+    assert_eq!(
+        sim.nodes[fresh].worker.slot_index(),
+        Some(slot),
+        "the released slot is adopted"
+    );
+    assert!(sim.sent.canary_errors > 0 && sim.sent.stable_errors > 0);
+    sim.settle();
+    sim.assert_tallies_exact();
+    sim.run(2_000);
+    sim.assert_tallies_exact();
+}
+
+/// Sums the checks counters; asserts they fit the time the analysis ran.
+fn assert_one_check_per_interval(checks: u64, started_ms: u64, now_ms: u64, tick_ms: u64) {
+    let elapsed = now_ms - started_ms;
+    assert!(
+        checks <= elapsed / INTERVAL_MS + 1,
+        "{checks} checks in {elapsed} ms"
+    );
+    assert!(
+        checks >= elapsed / (INTERVAL_MS + tick_ms),
+        "the analysis ran: {checks} checks in {elapsed} ms"
+    );
+}
+
+#[test]
+fn two_leaders_sharing_a_token_never_check_twice_in_an_interval() {
+    // A canary that always fails a check without reaching the threshold: every check is a
+    // state change, for the whole run.
+    let raw = config(&[("/analysis/threshold", 1000.into())]);
+    let mut sim = Sim::new(Mode::Leader, 0, &raw);
+    sim.backend.canary_5xx_pct = 30;
+    let (a, b, shared) = (sim.token(), sim.token(), sim.token());
+    sim.add_node(&raw, a, shared);
+    sim.add_node(&raw, b, shared);
+    sim.run(200);
+    sim.add_worker(&raw); // a third context, which waits for the lease
+    let mut both_led = false;
+    for _ in 0..1_000 {
+        sim.step();
+        both_led |= sim.leaders().len() == 2;
+    }
+    assert!(both_led, "the shared token let both believe they lead");
+    assert_eq!(
+        sim.log_count("halt advancement"),
+        sim.counter(Stat::Checks) as usize
+    );
+    assert_one_check_per_interval(
+        sim.counter(Stat::Checks),
+        sim.state().unwrap().started_ms,
+        sim.now,
+        50,
+    );
+}
+
+/// A store where another context runs between this context's read of `key` and what follows
+/// (two worker threads interleaving).
+struct Interleaved<'a> {
+    inner: &'a FakeStore,
+    key: &'a str,
+    other: RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+}
+
+impl SharedStore for Interleaved<'_> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        let read = self.inner.get(key);
+        if key == self.key {
+            if let Some(run) = self.other.borrow_mut().take() {
+                run();
+            }
+        }
+        read
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn a_check_racing_another_leaders_check_is_void() {
+    let cfg = parse(config(&[("/analysis/threshold", 1000.into())]).as_bytes()).unwrap();
+    let store = FakeStore::default();
+    let state_key = Keys::new(NAME).state;
+    let (mut a, mut b) = (
+        Analyser::new(cfg.clone(), 7, HolderKind::Worker),
+        Analyser::new(cfg, 7, HolderKind::Worker),
+    );
+    let (mut tel_a, mut tel_b) = (FakeTelemetry::default(), FakeTelemetry::default());
+    let mut now = 0;
+    while now < 10_000 {
+        // b runs a whole tick right after a reads the state, so a's check then writes with a stale cas.
+        {
+            let b_tick: Box<dyn FnOnce() + '_> = Box::new(|| b.tick(&store, &mut tel_b, now));
+            let racing = Interleaved {
+                inner: &store,
+                key: &state_key,
+                other: RefCell::new(Some(b_tick)),
+            };
+            a.tick(&racing, &mut tel_a, now);
+            let missed = racing.other.take(); // a did not read the state: b ticks after it
+            if let Some(run) = missed {
+                run();
+            }
+        }
+        now += 50;
+    }
+    let checks = tel_a.counter_of(NAME, Stat::Checks) + tel_b.counter_of(NAME, Stat::Checks);
+    assert_eq!(
+        tel_a.counter_of(NAME, Stat::Checks),
+        0,
+        "every racing check of a lost its CAS"
+    );
+    let state = CanaryState::decode(&store.raw(&state_key).unwrap()).unwrap();
+    assert_eq!(
+        u64::from(state.failed_checks),
+        checks,
+        "each check counted is one state change"
+    );
+    assert_one_check_per_interval(checks, state.started_ms, now, 50);
+}
+
+#[test]
+fn leadership_fails_over_within_the_lease_ttl_when_the_leader_crashes() {
+    let mut sim = Sim::new(Mode::Leader, 3, &config(&[]));
+    assert!(sim.run_until(10_000, |s| s.weight() >= 10));
+    let crashed = sim.leaders()[0];
+    sim.nodes[crashed].ticking = false; // no release: the lease must expire
+    sim.nodes[crashed].serving = false;
+    let (crash_ms, checks_before) = (sim.now, sim.counter(Stat::Checks));
+    let mut took_over_ms = None;
+    while took_over_ms.is_none() && sim.now < crash_ms + 2 * LEASE_TTL_MS {
+        let t = sim.now;
+        sim.step();
+        took_over_ms = sim.leaders().iter().any(|i| *i != crashed).then_some(t);
+    }
+    let waited = took_over_ms.expect("nobody took over") - crash_ms;
+    let tick = sim.nodes[0].period;
+    assert!(
+        waited + tick >= LEASE_TTL_MS && waited <= LEASE_TTL_MS + tick,
+        "took over after {waited} ms"
+    );
+    assert!(
+        sim.run_until(10_000, |s| s.phase() == Some(Phase::Succeeded)),
+        "{:?}",
+        sim.history
+    );
+    assert!(sim.counter(Stat::Checks) > checks_before);
+    assert_eq!(
+        sim.weights("v2"),
+        FIRST_TO_LAST,
+        "the new leader continued where the old one stopped"
+    );
+    assert_eq!(sim.log_count("acquired the analyser lease as worker"), 2);
+}
+
+#[test]
+fn singleton_restarts_on_a_new_revision_and_keeps_state_on_the_same_one() {
+    let mut sim = Sim::new(Mode::Singleton, 4, &config(&[]));
+    assert!(sim.run_until(10_000, |s| s.weight() >= 10));
+    // Same revision, other settings: the analysis goes on from where it was.
+    sim.reconfigure_all(&config(&[("/analysis/threshold", 5.into())]));
+    assert!(sim.run_until(3_000, |s| s.log_count("singleton analyser picked up") == 2));
+    assert!(
+        sim.run_until(10_000, |s| s.phase() == Some(Phase::Succeeded)),
+        "{:?}",
+        sim.history
+    );
+    assert_eq!(
+        sim.weights("v2"),
+        FIRST_TO_LAST,
+        "no step repeated or skipped"
+    );
+    assert_eq!(sim.log_count("starting analysis"), 1);
+    // A new revision starts over from the first step.
+    sim.reconfigure_all(&config(&[("/revision", "v3".into())]));
+    assert!(
+        sim.run_until(10_000, |s| s.phase() == Some(Phase::Succeeded)
+            && s.weight() == 100
+            && s.state().unwrap().revision == "v3")
+    );
+    assert!(sim
+        .tel
+        .logged("canary web: revision v2 -> v3, previous phase Succeeded"));
+    assert!(sim
+        .tel
+        .logged("canary web rev v3: starting analysis, phase Progressing, weight 0 -> 1"));
+    assert_eq!(sim.weights("v3"), FIRST_TO_LAST);
+    assert_eq!(sim.counter(Stat::Promotions), 2);
+}
+
+#[test]
+fn failed_revision_stays_failed_when_its_configuration_is_reapplied() {
+    let raw = config(&[]);
+    let mut sim = Sim::new(Mode::Singleton, 4, &raw);
+    sim.backend.canary_5xx_pct = 30;
+    assert!(sim.run_until(10_000, |s| s.phase() == Some(Phase::Failed)));
+    sim.reconfigure_all(&raw);
+    sim.run(3_000);
+    // And the singleton restarts (a new one picks the configuration up afresh).
+    let (mut old, _) = sim.singleton.take().unwrap();
+    old.shutdown(&sim.store);
+    sim.singleton = Some((Singleton::new(SINGLETON_TOKEN + 1), sim.now));
+    sim.run(3_000);
+    assert_eq!(sim.log_count("singleton analyser picked up"), 2);
+    assert_eq!(sim.lease_holder(), Some(SINGLETON_TOKEN + 1));
+    assert_eq!((sim.phase(), sim.weight()), (Some(Phase::Failed), 0));
+    assert_eq!(
+        (
+            sim.counter(Stat::Rollbacks),
+            sim.log_count("starting analysis")
+        ),
+        (1, 1)
+    );
+    assert!(sim.sent_after_failed.stable_requests > 5_000);
+    assert_eq!(sim.sent_after_failed.canary_requests, 0);
+}
+
+#[test]
+fn corrupt_state_routes_to_stable_and_a_corrupt_slot_is_ignored_and_logged_once() {
+    let mut sim = Sim::new(
+        Mode::Singleton,
+        4,
+        &config(&[("/analysis/threshold", 1000.into())]),
+    );
+    assert!(sim.run_until(10_000, |s| s.weight() >= 25));
+    let keys = Keys::new(NAME);
+    sim.store.put(&keys.state, b"CGst\x01garbage");
+    let routed = sim.send(500);
+    assert_eq!((routed.stable_requests, routed.canary_requests), (500, 0));
+    // Unreadable state: the analyser starts this revision over from the first step.
+    sim.run(200);
+    assert_eq!((sim.phase(), sim.weight()), (Some(Phase::Progressing), 1));
+
+    // A corrupt slot after the live ones: skipped in the sums, reported once.
+    sim.store.put(&keys.slot(4), b"CGtl\x01junk");
+    sim.run(2_000);
+    // A live worker's slot corrupted: its owner republishes its whole record there.
+    sim.store.put(&keys.slot(0), b"junk");
+    sim.run(1_000);
+    assert_eq!(sim.log_count("ignored 1 unreadable tally slot(s)"), 1);
+    assert_eq!(sim.log_count("unreadable tally slot"), 1, "logged once");
+    assert_eq!(
+        sim.nodes
+            .iter()
+            .filter(|n| n.worker.slot_index() == Some(0))
+            .count(),
+        1
+    );
+    sim.settle();
+    sim.assert_tallies_exact();
+}
+
+#[test]
+fn draining_contexts_with_the_old_configuration_do_not_restart_the_new_analysis() {
+    // An LDS update drains the old listener: its root contexts keep ticking (no traffic) while
+    // new ones run the new configuration.
+    let mut sim = Sim::new(Mode::Singleton, 4, &config(&[]));
+    assert!(sim.run_until(10_000, |s| s.weight() >= 10));
+    sim.nodes.iter_mut().for_each(|n| n.serving = false);
+    for _ in 0..4 {
+        sim.add_worker(&config(&[("/revision", "v3".into())]));
+    }
+    assert!(
+        sim.run_until(15_000, |s| s.phase() == Some(Phase::Succeeded)
+            && s.state().unwrap().revision == "v3"),
+        "{:?}",
+        sim.history
+    );
+    sim.run(15_000);
+    assert_eq!(sim.weights("v3"), FIRST_TO_LAST);
+    assert!(!sim.tel.logged("revision v3 -> v2"), "{:?}", sim.history);
+}

@@ -29,7 +29,10 @@ pub struct SlotPublisher {
 
 impl SlotPublisher {
     pub fn new(token: u64, bucket_ms: u64) -> Self {
-        SlotPublisher { record: SlotRecord::new(token, bucket_ms), index: None }
+        SlotPublisher {
+            record: SlotRecord::new(token, bucket_ms),
+            index: None,
+        }
     }
 
     pub fn index(&self) -> Option<u32> {
@@ -156,7 +159,10 @@ mod tests {
 
     fn total(store: &FakeStore, keys: &Keys) -> Totals {
         let mut t = Totals::default();
-        read_all(store, keys).0.iter().for_each(|r| t.add(&r.totals));
+        read_all(store, keys)
+            .0
+            .iter()
+            .for_each(|r| t.add(&r.totals));
         t
     }
 
@@ -171,7 +177,15 @@ mod tests {
         assert_eq!(a.publish(&s, &k, 0), Publish::Written);
         assert_eq!(b.publish(&s, &k, 0), Publish::Written);
         assert_eq!((a.index(), b.index()), (Some(0), Some(1)));
-        assert_eq!(total(&s, &k), Totals { stable_requests: 1, stable_errors: 1, canary_requests: 1, canary_errors: 0 });
+        assert_eq!(
+            total(&s, &k),
+            Totals {
+                stable_requests: 1,
+                stable_errors: 1,
+                canary_requests: 1,
+                canary_errors: 0
+            }
+        );
     }
 
     #[test]
@@ -188,7 +202,11 @@ mod tests {
         a.record.record(1, Side::Canary, 200, 10);
         assert_eq!(a.publish(&s, &k, 1), Publish::Written);
         assert_eq!(a.index(), Some(1));
-        assert_eq!(total(&s, &k).canary_requests, 3, "b's 1 + a's 2, nothing lost or doubled");
+        assert_eq!(
+            total(&s, &k).canary_requests,
+            3,
+            "b's 1 + a's 2, nothing lost or doubled"
+        );
     }
 
     #[test]

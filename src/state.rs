@@ -134,7 +134,11 @@ mod tests {
     fn rejects_corruption() {
         let good = sample().encode();
         for cut in 0..good.len() {
-            assert_eq!(CanaryState::decode(&good[..cut]), None, "truncated at {cut}");
+            assert_eq!(
+                CanaryState::decode(&good[..cut]),
+                None,
+                "truncated at {cut}"
+            );
         }
         let mut trailing = good.clone();
         trailing.push(0);

@@ -18,7 +18,9 @@ const MAX_BUCKETS: usize = 1024;
 
 /// Bucket width for a given longest metric window.
 pub fn bucket_ms_for(longest_window_ms: u64) -> u64 {
-    longest_window_ms.div_ceil(BUCKETS_PER_WINDOW).max(MIN_BUCKET_MS)
+    longest_window_ms
+        .div_ceil(BUCKETS_PER_WINDOW)
+        .max(MIN_BUCKET_MS)
 }
 
 /// Whether a response counts against the canary: 5xx (local replies such as 503 for an
@@ -73,7 +75,11 @@ impl Tally {
             entries.push((r.u16()?, r.u32()?));
         }
         let latency = Histogram::from_entries(entries)?;
-        (errors <= requests && latency.count() <= requests).then_some(Tally { requests, errors, latency })
+        (errors <= requests && latency.count() <= requests).then_some(Tally {
+            requests,
+            errors,
+            latency,
+        })
     }
 }
 
@@ -137,7 +143,11 @@ const VERSION: u8 = 1;
 
 impl SlotRecord {
     pub fn new(owner: u64, bucket_ms: u64) -> Self {
-        SlotRecord { owner, bucket_ms: bucket_ms.max(1), ..Default::default() }
+        SlotRecord {
+            owner,
+            bucket_ms: bucket_ms.max(1),
+            ..Default::default()
+        }
     }
 
     /// Records one finished request at `now_ms`.
@@ -145,7 +155,10 @@ impl SlotRecord {
         self.totals.record(side, status);
         let start = now_ms - now_ms % self.bucket_ms.max(1);
         if self.buckets.last().is_none_or(|b| b.start_ms < start) {
-            self.buckets.push(Bucket { start_ms: start, ..Default::default() });
+            self.buckets.push(Bucket {
+                start_ms: start,
+                ..Default::default()
+            });
         }
         // Late outcome for an older bucket (clock went back): find it, or fold into the newest.
         let idx = self
@@ -171,7 +184,10 @@ impl SlotRecord {
     pub fn absorb(&mut self, other: &SlotRecord) {
         self.totals.add(&other.totals);
         for b in &other.buckets {
-            match self.buckets.binary_search_by_key(&b.start_ms, |x| x.start_ms) {
+            match self
+                .buckets
+                .binary_search_by_key(&b.start_ms, |x| x.start_ms)
+            {
                 Ok(i) => {
                     if let Some(mine) = self.buckets.get_mut(i) {
                         mine.stable.merge(&b.stable);
@@ -229,14 +245,28 @@ impl SlotRecord {
             }
             let stable = Tally::decode(&mut r)?;
             let canary = Tally::decode(&mut r)?;
-            buckets.push(Bucket { start_ms, stable, canary });
+            buckets.push(Bucket {
+                start_ms,
+                stable,
+                canary,
+            });
         }
-        r.is_done().then_some(SlotRecord { owner, heartbeat_ms, bucket_ms, totals, buckets })
+        r.is_done().then_some(SlotRecord {
+            owner,
+            heartbeat_ms,
+            bucket_ms,
+            totals,
+            buckets,
+        })
     }
 
     /// Sums one side over the buckets that start within `[from_ms, to_ms]`.
     pub fn window(&self, side: Side, from_ms: u64, to_ms: u64, into: &mut Tally) {
-        for b in self.buckets.iter().filter(|b| b.start_ms >= from_ms && b.start_ms <= to_ms) {
+        for b in self
+            .buckets
+            .iter()
+            .filter(|b| b.start_ms >= from_ms && b.start_ms <= to_ms)
+        {
             into.merge(match side {
                 Side::Stable => &b.stable,
                 Side::Canary => &b.canary,
@@ -264,7 +294,15 @@ mod tests {
         let s = sample();
         let starts: Vec<u64> = s.buckets.iter().map(|b| b.start_ms).collect();
         assert_eq!(starts, vec![1_000, 1_250, 9_750]);
-        assert_eq!(s.totals, Totals { stable_requests: 1, stable_errors: 0, canary_requests: 3, canary_errors: 2 });
+        assert_eq!(
+            s.totals,
+            Totals {
+                stable_requests: 1,
+                stable_errors: 0,
+                canary_requests: 3,
+                canary_errors: 2
+            }
+        );
     }
 
     #[test]
@@ -275,7 +313,11 @@ mod tests {
         assert_eq!((t.requests, t.errors), (3, 2));
         let mut recent = Tally::default();
         s.window(Side::Canary, 1_001, 20_000, &mut recent);
-        assert_eq!((recent.requests, recent.errors), (1, 1), "only the bucket at 9750");
+        assert_eq!(
+            (recent.requests, recent.errors),
+            (1, 1),
+            "only the bucket at 9750"
+        );
     }
 
     #[test]
@@ -335,6 +377,8 @@ mod tests {
     #[test]
     fn status_classification() {
         assert!(is_error(500) && is_error(503) && is_error(504) && is_error(0));
-        assert!(!is_error(200) && !is_error(204) && !is_error(304) && !is_error(404) && !is_error(101));
+        assert!(
+            !is_error(200) && !is_error(204) && !is_error(304) && !is_error(404) && !is_error(101)
+        );
     }
 }

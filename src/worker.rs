@@ -64,7 +64,9 @@ impl Worker {
 
     /// Records one finished request. `status` 0 = no response was sent.
     pub fn record(&mut self, side: Side, status: u32, micros: u64) {
-        self.publisher.record.record(self.now_ms, side, status, micros);
+        self.publisher
+            .record
+            .record(self.now_ms, side, status, micros);
         self.unreported.record(side, status);
         self.dirty = true;
     }
@@ -77,7 +79,67 @@ impl Worker {
     pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
         self.now_ms = now_ms;
         self.publish_config(store, tel, now_ms);
-        let name = self.cfg.name.clone();
+        self.report_counters(tel);
+        if !self.dirty {
+            return;
+        }
+        let retention = self.cfg.analysis.longest_window_ms() + 2 * self.publisher.record.bucket_ms;
+        self.publisher
+            .record
+            .prune(now_ms.saturating_sub(retention));
+        if self.publisher.publish(store, &self.keys, now_ms) == Publish::Written {
+            self.dirty = false;
+        }
+    }
+
+    /// Makes this configuration visible to the analyser (a bootstrap singleton's own
+    /// configuration cannot change without a restart): the filter configuration is the source
+    /// of truth. The newest configured filter wins: a worker overwrites a different published
+    /// configuration only on its first publish; later it only restores a missing or unreadable
+    /// one. Otherwise the contexts of a draining listener (old configuration) and the new ones
+    /// would overwrite each other and restart the analysis on every flip.
+    fn publish_config(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+        if self
+            .config_checked_ms
+            .is_some_and(|t| now_ms < t + CONFIG_REPUBLISH_MS)
+        {
+            return;
+        }
+        let first = self.config_checked_ms.is_none();
+        let registered = register(store, &self.cfg.name);
+        let current = match store.get(&self.keys.config) {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        let written = match current {
+            Some((bytes, _)) if bytes == self.raw_config => true,
+            Some((bytes, cas)) if first || crate::config::parse(&bytes).is_err() => {
+                store.set(&self.keys.config, &self.raw_config, cas).is_ok()
+            }
+            Some(_) => true, // a newer filter published its configuration: leave it
+            None => store.set(&self.keys.config, &self.raw_config, 0).is_ok(),
+        };
+        if registered && written {
+            if first {
+                tel.log(
+                    crate::host::Level::Debug,
+                    &format!(
+                        "canary {} rev {}: configuration published",
+                        self.cfg.name, self.cfg.revision
+                    ),
+                );
+            }
+            self.config_checked_ms = Some(now_ms);
+        }
+    }
+
+    /// The configuration bytes this worker was given.
+    pub fn raw_config(&self) -> &[u8] {
+        &self.raw_config
+    }
+
+    /// Adds the outcomes recorded since the last report to the Envoy counters.
+    fn report_counters(&mut self, tel: &mut dyn Telemetry) {
         let u = std::mem::take(&mut self.unreported);
         for (stat, n) in [
             (Stat::StableRequests, u.stable_requests),
@@ -86,48 +148,14 @@ impl Worker {
             (Stat::Canary5xx, u.canary_errors),
         ] {
             if n > 0 {
-                tel.count(&name, stat, n);
+                tel.count(&self.cfg.name, stat, n);
             }
-        }
-        if !self.dirty {
-            return;
-        }
-        let retention = self.cfg.analysis.longest_window_ms() + 2 * self.publisher.record.bucket_ms;
-        self.publisher.record.prune(now_ms.saturating_sub(retention));
-        if self.publisher.publish(store, &self.keys, now_ms) == Publish::Written {
-            self.dirty = false;
         }
     }
 
-    /// Makes this configuration visible to a bootstrap singleton (whose own configuration
-    /// cannot change without a restart): the filter configuration is the source of truth.
-    fn publish_config(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
-        if self.config_checked_ms.is_some_and(|t| now_ms < t + CONFIG_REPUBLISH_MS) {
-            return;
-        }
-        let registered = register(store, &self.cfg.name);
-        let current = match store.get(&self.keys.config) {
-            Ok(v) => v,
-            Err(_) => return,
-        };
-        let written = match current {
-            Some((bytes, _)) if bytes == self.raw_config => true,
-            Some((_, cas)) => store.set(&self.keys.config, &self.raw_config, cas).is_ok(),
-            None => store.set(&self.keys.config, &self.raw_config, 0).is_ok(),
-        };
-        if registered && written {
-            if self.config_checked_ms.is_none() {
-                tel.log(
-                    crate::host::Level::Debug,
-                    &format!("canary {} rev {}: configuration published", self.cfg.name, self.cfg.revision),
-                );
-            }
-            self.config_checked_ms = Some(now_ms);
-        }
-    }
-
-    /// On shutdown: publish what is left and free the slot for the next context.
-    pub fn shutdown(&mut self, store: &dyn SharedStore) {
+    /// On shutdown: count and publish what is left and free the slot for the next context.
+    pub fn shutdown(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry) {
+        self.report_counters(tel);
         if self.dirty {
             let now = self.now_ms;
             self.publisher.publish(store, &self.keys, now);
@@ -207,10 +235,18 @@ mod tests {
     fn reads_the_weight_the_analyser_wrote_on_the_next_request() {
         let s = FakeStore::default();
         let mut w = worker(1);
-        let st = CanaryState { weight: 100, phase: Phase::Progressing, ..CanaryState::new("v2", 0) };
+        let st = CanaryState {
+            weight: 100,
+            phase: Phase::Progressing,
+            ..CanaryState::new("v2", 0)
+        };
         s.put("canary-guard/web/state", &st.encode());
         assert_eq!(w.route(&s, &mut none).side, Side::Canary);
-        let st = CanaryState { weight: 0, phase: Phase::Failed, ..st };
+        let st = CanaryState {
+            weight: 0,
+            phase: Phase::Failed,
+            ..st
+        };
         s.put("canary-guard/web/state", &st.encode());
         assert_eq!(w.route(&s, &mut none).side, Side::Stable);
     }
@@ -222,12 +258,18 @@ mod tests {
         let mut w = worker(1);
         w.record(Side::Canary, 503, 1000);
         w.record(Side::Stable, 200, 1000);
-        assert!(s.raw("canary-guard/web/slot/0").is_none(), "nothing shared before the tick");
+        assert!(
+            s.raw("canary-guard/web/slot/0").is_none(),
+            "nothing shared before the tick"
+        );
         w.tick(&s, &mut t, 100);
         assert_eq!(t.counter_of("web", Stat::Canary5xx), 1);
         assert_eq!(t.counter_of("web", Stat::StableRequests), 1);
         assert!(s.raw("canary-guard/web/slot/0").is_some());
-        assert_eq!(s.raw("canary-guard/web/config").unwrap(), EXAMPLE.as_bytes());
+        assert_eq!(
+            s.raw("canary-guard/web/config").unwrap(),
+            EXAMPLE.as_bytes()
+        );
         assert_eq!(registered(&s), vec!["web".to_string()]);
         w.tick(&s, &mut t, 200);
         assert_eq!(t.counter_of("web", Stat::Canary5xx), 1, "counted once");

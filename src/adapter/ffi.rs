@@ -67,7 +67,12 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
-    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
@@ -108,7 +113,8 @@ pub fn set_tick_period_ms(ms: u32) -> bool {
 pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
     let mut data: *mut u8 = null_mut();
     let mut len: usize = 0;
-    let status = unsafe { proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len) };
+    let status =
+        unsafe { proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len) };
     match status {
         OK => Some(unsafe { owned(data, len) }),
         _ => None,
@@ -119,7 +125,8 @@ pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
 pub fn header(map: u32, name: &str) -> Option<Vec<u8>> {
     let mut data: *mut u8 = null_mut();
     let mut len: usize = 0;
-    let status = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut len) };
+    let status =
+        unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut len) };
     match status {
         OK => Some(unsafe { owned(data, len) }),
         _ => None,
@@ -127,11 +134,17 @@ pub fn header(map: u32, name: &str) -> Option<Vec<u8>> {
 }
 
 pub fn replace_header(map: u32, name: &str, value: &str) -> bool {
-    unsafe { proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
+    unsafe {
+        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+            == OK
+    }
 }
 
 pub fn add_header(map: u32, name: &str, value: &str) -> bool {
-    unsafe { proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
+    unsafe {
+        proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+            == OK
+    }
 }
 
 /// A property such as `["response", "code"]`; `None` when absent or on error.
@@ -139,7 +152,8 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     let serialized = path.join("\0");
     let mut data: *mut u8 = null_mut();
     let mut len: usize = 0;
-    let status = unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut len) };
+    let status =
+        unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut len) };
     match status {
         OK if !data.is_null() => Some(unsafe { owned(data, len) }),
         _ => None,
@@ -151,7 +165,8 @@ pub fn get_shared(key: &str) -> Result<Option<(Vec<u8>, u32)>, u32> {
     let mut data: *mut u8 = null_mut();
     let mut len: usize = 0;
     let mut cas: u32 = 0;
-    let status = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut len, &mut cas) };
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut len, &mut cas) };
     match status {
         OK => Ok(Some((unsafe { owned(data, len) }, cas))),
         NOT_FOUND => Ok(None),
@@ -160,7 +175,11 @@ pub fn get_shared(key: &str) -> Result<Option<(Vec<u8>, u32)>, u32> {
 }
 
 pub fn set_shared(key: &str, value: &[u8], cas: u32) -> u32 {
-    let ptr = if value.is_empty() { null() } else { value.as_ptr() };
+    let ptr = if value.is_empty() {
+        null()
+    } else {
+        value.as_ptr()
+    };
     unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), ptr, value.len(), cas) }
 }
 

@@ -31,7 +31,11 @@ impl HostTelemetry {
         if let Some(id) = self.ids.get(&(canary.to_string(), stat)) {
             return *id;
         }
-        let kind = if stat.is_gauge() { ffi::GAUGE } else { ffi::COUNTER };
+        let kind = if stat.is_gauge() {
+            ffi::GAUGE
+        } else {
+            ffi::COUNTER
+        };
         let id = ffi::define_metric(kind, &stat.full_name(canary));
         self.ids.insert((canary.to_string(), stat), id);
         id

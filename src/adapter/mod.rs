@@ -6,7 +6,6 @@ mod host_impl;
 
 use crate::analyser::{Analyser, Singleton};
 use crate::config::{parse_plugin, Plugin};
-use crate::lease::HolderKind;
 use crate::routing::{mix64, Side};
 use crate::worker::Worker;
 use host_impl::{HostStore, HostTelemetry};
@@ -29,7 +28,10 @@ proxy_wasm::main! {{
 enum Role {
     Unconfigured,
     /// HTTP filter on a worker: routes and tallies; analyses when elected leader.
-    Filter { worker: Rc<RefCell<Worker>>, analyser: Analyser },
+    Filter {
+        worker: Rc<RefCell<Worker>>,
+        analyser: Analyser,
+    },
     /// Bootstrap singleton: analyses every registered canary.
     Singleton(Singleton),
 }
@@ -47,15 +49,18 @@ fn now_ms() -> u64 {
 impl Root {
     /// A token that tells this root context's writes from every other's.
     fn token(&self) -> u64 {
-        let fallback = mix64(now_ms() ^ (u64::from(self.context_id) << 40) ^ (self as *const Root as u64));
-        ffi::random_u64().map_or(fallback, |r| mix64(r ^ fallback)).max(1)
+        let fallback =
+            mix64(now_ms() ^ (u64::from(self.context_id) << 40) ^ (self as *const Root as u64));
+        ffi::random_u64()
+            .map_or(fallback, |r| mix64(r ^ fallback))
+            .max(1)
     }
 
     fn shutdown(&mut self) {
         match &mut self.role {
             Role::Filter { worker, analyser } => {
                 if let Ok(mut w) = worker.try_borrow_mut() {
-                    w.shutdown(&HostStore);
+                    w.shutdown(&HostStore, &mut self.telemetry);
                 }
                 analyser.shutdown(&HostStore);
             }
@@ -75,7 +80,10 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
         let Some(bytes) = ffi::plugin_configuration(size) else {
-            ffi::log(LOG_ERROR, "invalid canary-guard configuration: no plugin configuration");
+            ffi::log(
+                LOG_ERROR,
+                "invalid canary-guard configuration: no plugin configuration",
+            );
             return false;
         };
         let now = now_ms();
@@ -102,9 +110,12 @@ impl RootContext for Root {
                         cfg.name, cfg.revision, cfg.upstreams.header, cfg.upstreams.stable, cfg.upstreams.canary),
                 );
                 let token = self.token();
-                let analyser = Analyser::new(cfg.clone(), token, HolderKind::Worker);
+                let analyser = Analyser::for_worker(cfg.clone(), token, bytes.clone());
                 let worker = Worker::new(cfg, bytes, token, now);
-                self.role = Role::Filter { worker: Rc::new(RefCell::new(worker)), analyser };
+                self.role = Role::Filter {
+                    worker: Rc::new(RefCell::new(worker)),
+                    analyser,
+                };
                 ffi::set_tick_period_ms(tick)
             }
         }
@@ -129,7 +140,11 @@ impl RootContext for Root {
             Role::Filter { worker, .. } => Some(worker.clone()),
             _ => None,
         };
-        Some(Box::new(Http { worker, side: None, set_cookie: None }))
+        Some(Box::new(Http {
+            worker,
+            side: None,
+            set_cookie: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -147,9 +162,15 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(worker) = &self.worker else { return Action::Continue };
-        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
-        let decision = w.route(&HostStore, &mut |name| ffi::header(ffi::REQUEST_HEADERS, name));
+        let Some(worker) = &self.worker else {
+            return Action::Continue;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let decision = w.route(&HostStore, &mut |name| {
+            ffi::header(ffi::REQUEST_HEADERS, name)
+        });
         let up = &w.cfg.upstreams;
         let cluster = match decision.side {
             Side::Stable => &up.stable,
@@ -176,10 +197,16 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
-        let (Some(side), Some(worker)) = (self.side, &self.worker) else { return };
+        let (Some(side), Some(worker)) = (self.side, &self.worker) else {
+            return;
+        };
         // Complete only at stream end: local replies (503, 504) included; 0 = no response.
-        let status = ffi::property(&["response", "code"]).and_then(|b| le_u64(&b)).unwrap_or(0);
-        let nanos = ffi::property(&["request", "duration"]).and_then(|b| le_u64(&b)).unwrap_or(0);
+        let status = ffi::property(&["response", "code"])
+            .and_then(|b| le_u64(&b))
+            .unwrap_or(0);
+        let nanos = ffi::property(&["request", "duration"])
+            .and_then(|b| le_u64(&b))
+            .unwrap_or(0);
         if let Ok(mut w) = worker.try_borrow_mut() {
             w.record(side, u32::try_from(status).unwrap_or(0), nanos / 1000);
         }
