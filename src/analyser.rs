@@ -17,6 +17,9 @@ use hashbrown::HashMap;
 
 /// A leader that stops renewing (its worker went away) is replaced after this long.
 pub const LEASE_TTL_MS: u64 = 2_000;
+/// A worker waits this long after its first tick before bidding for the lease, so that where a
+/// bootstrap singleton exists it is the analyser from the start.
+pub const WORKER_GRACE_MS: u64 = 1_000;
 /// How often the leader refreshes the tallied-totals gauges between checks.
 const TOTALS_EVERY_MS: u64 = 250;
 
@@ -32,12 +35,15 @@ pub struct Analyser {
     /// For an elected worker: its own configuration bytes. It only leads while that is the
     /// published configuration, so a draining listener's contexts hand over to the new ones.
     own_config: Option<Vec<u8>>,
+    /// Workers only: no lease bid before this time (set on the first tick).
+    not_before_ms: Option<u64>,
 }
 
 impl Analyser {
     pub fn new(cfg: Config, token: u64, kind: HolderKind) -> Self {
         Analyser {
             own_config: None,
+            not_before_ms: None,
             keys: Keys::new(&cfg.name),
             cfg,
             token,
@@ -51,7 +57,10 @@ impl Analyser {
 
     /// An elected worker analyser that stands down while another configuration is published.
     pub fn for_worker(cfg: Config, token: u64, raw_config: Vec<u8>) -> Self {
-        Analyser { own_config: Some(raw_config), ..Analyser::new(cfg, token, HolderKind::Worker) }
+        Analyser {
+            own_config: Some(raw_config),
+            ..Analyser::new(cfg, token, HolderKind::Worker)
+        }
     }
 
     pub fn is_leading(&self) -> bool {
@@ -59,6 +68,12 @@ impl Analyser {
     }
 
     pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+        if self.kind == HolderKind::Worker {
+            let not_before = *self.not_before_ms.get_or_insert(now_ms + WORKER_GRACE_MS);
+            if now_ms < not_before {
+                return;
+            }
+        }
         if let Some(own) = &self.own_config {
             let current = matches!(store.get(&self.keys.config), Ok(Some((b, _))) if b == *own);
             if !current {
@@ -103,7 +118,13 @@ impl Analyser {
         };
         let name = self.cfg.name.clone();
         if state.is_none() && cas != 0 {
-            tel.log(Level::Warn, &format!("canary {name}: analysis state unreadable, starting rev {} from the first step", self.cfg.revision));
+            tel.log(
+                Level::Warn,
+                &format!(
+                    "canary {name}: analysis state unreadable, starting rev {} from the first step",
+                    self.cfg.revision
+                ),
+            );
         }
         let state = match state {
             Some(s) if s.revision == self.cfg.revision => s,

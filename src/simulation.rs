@@ -373,7 +373,7 @@ fn singleton_walks_every_step_weight_and_promotes_a_healthy_canary() {
 #[test]
 fn elected_worker_leader_promotes_a_healthy_canary_alone() {
     let mut sim = Sim::new(Mode::Leader, 4, &config(&[]));
-    sim.run(200); // every worker has ticked
+    sim.run(crate::analyser::WORKER_GRACE_MS + 200); // every worker has ticked past its grace
     let done = sim.run_until(10_000, |s| {
         let leaders = s.leaders();
         assert_eq!(leaders.len(), 1, "exactly one leader at t={}", s.now);

