@@ -1,7 +1,7 @@
 //! The analysis state machine (Flagger semantics), pure: given the configuration, the current
 //! state and the metric results of one check, it returns the next state and the events to log.
 
-use crate::checks::{num, MetricResult};
+use crate::checks::{num, MetricResult, Verdict};
 use crate::config::{Config, Steps};
 use crate::state::{CanaryState, Phase};
 use std::fmt;
@@ -112,11 +112,7 @@ pub fn check(
     let mut next = state.clone();
     next.last_check_ms = now_ms;
     let mut events = Vec::new();
-    let failures: Vec<String> = results
-        .iter()
-        .filter(|r| !r.passed())
-        .map(|r| r.to_string())
-        .collect();
+    let failures = failure_reasons(results);
 
     if !failures.is_empty() {
         next.failed_checks = state.failed_checks.saturating_add(1);
@@ -176,6 +172,33 @@ pub fn check(
     (next, events)
 }
 
+/// Why a check failed, one reason per broken metric; metrics without enough data are folded
+/// into one "no traffic" reason (they share the window's request count).
+fn failure_reasons(results: &[MetricResult]) -> Vec<String> {
+    let mut reasons: Vec<String> = Vec::new();
+    let mut no_data: Option<(u64, u64)> = None;
+    for r in results.iter().filter(|r| !r.passed()) {
+        match r.verdict {
+            Verdict::NoData {
+                requests,
+                min_requests,
+            } => {
+                let (req, min) = no_data.get_or_insert((requests, min_requests));
+                *req = (*req).min(requests);
+                *min = (*min).max(min_requests);
+            }
+            _ => reasons.push(r.to_string()),
+        }
+    }
+    if let Some((requests, min)) = no_data {
+        reasons.insert(
+            0,
+            format!("no traffic: {requests} requests < minRequests {min}, the canary is probably not receiving traffic"),
+        );
+    }
+    reasons
+}
+
 fn promote_step(cfg: &Config, next: &mut CanaryState, events: &mut Vec<Event>) {
     let step = cfg.analysis.promotion_step;
     let to = if step == 0 {
@@ -207,7 +230,7 @@ pub fn summary(results: &[MetricResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::{evaluate, Verdict};
+    use crate::checks::evaluate;
     use crate::config::tests::{example, with};
     use crate::tally::Tally;
 

@@ -100,12 +100,13 @@ def test_erroring_canary_is_rolled_back_and_then_gets_no_traffic(launcher, backe
 
 def test_slow_canary_is_rolled_back_on_request_duration(launcher, backends):
     backends.set_canary_fault(delay_ms=300)
-    cfg = canary_cfg(metrics=[
+    # 1s checks and enough connections that slow canary responses still fill each window.
+    cfg = canary_cfg(interval="1s", metrics=[
         {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "2s"},
         {"name": "request-duration", "thresholdRange": {"max": 200}, "interval": "2s"},
     ])
     proxy = launcher.proxy(backends, cfg)
-    with proxy.load(rate=100, connections=8):
+    with proxy.load(rate=200, connections=16):
         wait_phase(proxy, FAILED)
     rollback = [l for l in decision_lines(proxy) if "rolling back" in l]
     assert len(rollback) == 1 and "request-duration p99" in rollback[0] and "> 200ms" in rollback[0], rollback
