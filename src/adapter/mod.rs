@@ -31,7 +31,7 @@ enum Role {
     /// HTTP filter on a worker: routes and tallies; analyses when elected leader.
     Filter {
         worker: Rc<RefCell<Worker>>,
-        analyser: Analyser,
+        analyser: Box<Analyser>,
     },
     /// Bootstrap singleton: analyses every registered canary.
     Singleton(Singleton),
@@ -111,7 +111,7 @@ impl RootContext for Root {
                         cfg.name, cfg.revision, cfg.upstreams.header, cfg.upstreams.stable, cfg.upstreams.canary),
                 );
                 let token = self.token();
-                let analyser = Analyser::for_worker(cfg.clone(), token, bytes.clone());
+                let analyser = Box::new(Analyser::for_worker(cfg.clone(), token, bytes.clone()));
                 let worker = Worker::new(cfg, bytes, token, now);
                 self.role = Role::Filter {
                     worker: Rc::new(RefCell::new(worker)),
