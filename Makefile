@@ -39,7 +39,7 @@ else
 ENVOY_DEP := $(VENV_ENVOY)
 endif
 
-.PHONY: help setup setup-rust setup-python build unit integration test lint fmt demo bench clean
+.PHONY: help setup setup-rust setup-python build image compose unit integration test lint fmt demo bench clean
 
 help: ## List the targets (default)
 	@echo "canary-guard: make <target>"
@@ -71,6 +71,14 @@ build: setup-rust ## Build the Wasm module: target/wasm32-wasip1/release/canary_
 	cargo build --release --target $(WASM_TARGET)
 	@ls -l $(WASM)
 
+IMAGE_TAG    ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+
+image: build ## OCI image of the module for Istio (compat layout, no Docker) in out/oci, tag IMAGE_TAG (default: Cargo version)
+	$(PYTHON) scripts/oci_image.py --wasm $(WASM) --out $(OUT)/oci --tag $(IMAGE_TAG)
+
+compose: build ## The demo in Docker (needs a Docker engine): docker compose up, exit code from the traffic service
+	status=0; docker compose up --exit-code-from traffic || status=$$?; docker compose down; exit $$status
+
 unit: ## Run the host unit tests (cargo test)
 	cargo test
 
@@ -79,6 +87,7 @@ integration: setup build ## Run the integration tests against real Envoy (pytest
 	$(PY) -m pytest tests/integration -q -rfEs --color=$(if $(IS_CI),no,auto) \
 		-o junit_family=xunit1 --junitxml=$(OUT)/pytest-integration.xml $(PYTEST_ARGS)
 	@$(if $(IS_CI),$(PY) scripts/check_junit.py $(OUT)/pytest-integration.xml,true)
+	$(PY) scripts/istio_envoy_check.py
 
 test: setup build unit integration ## Everything CI tests: setup, build, unit tests, integration tests
 

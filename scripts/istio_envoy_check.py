@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""Runs the Istio manifests of istio/ in the shape Istio gives them, in a real Envoy.
+
+What no schema can tell, checked with the Envoy of `make setup` and the module of `make build`:
+
+1. plugin-config: every WasmPlugin's pluginConfig, serialised as istiod does (protobuf Struct,
+   protojson) and loaded as istiod configures the filter (root_id = pluginName, no vm_id, no
+   singleton), is accepted by the module: Envoy starts and defines the canary's stats. A
+   control run with a misspelt field must be refused.
+2. stats: with a stats matcher like Istio's bootstrap (its own inclusion list plus the
+   proxyStatsMatcher of istio/stats/), canary-guard's stats are kept; with the bootstrap
+   override of istio/stats/stats-tags-configmap.yaml (passed as --config-yaml, as istio-agent
+   does with ISTIO_BOOTSTRAP_OVERRIDE) /stats/prometheus names them
+   canary_guard_<stat>{canary="<name>"}, without it canary_guard_<name>_<stat>.
+3. envoyfilter: the patch value of istio/envoyfilter-gateway.yaml, merged into the connection
+   manager as istiod's MERGE does, keeps a client-sent routing header from reaching the canary
+   route of istio/virtualservice.yaml while no canary-guard filter runs (failed open). A control
+   run without the patch must reach the canary.
+
+    .venv/bin/python scripts/istio_envoy_check.py [--envoy PATH] [--wasm PATH]
+
+Exit status 0 when every check passes. Envoy: $ENVOY_BIN or .venv/bin/envoy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+import istio_validate as iv  # noqa: E402  (strict YAML loading)
+
+ISTIO = REPO / "istio"
+ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
+DEFAULT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "canary_guard.wasm"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+# The patterns Istio's bootstrap always includes (tools/packaging/common/envoy_bootstrap.json),
+# around the ones a ProxyConfig adds.
+ISTIO_BASE_INCLUSIONS = [{"prefix": "reporter="}, {"prefix": "component"}, {"prefix": "istio"}]
+
+
+def istio_struct_json(value: Any) -> Any:
+    """pluginConfig through a protobuf Struct (numbers are float64) and protojson."""
+    if isinstance(value, dict):
+        return {k: istio_struct_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [istio_struct_json(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        f = float(value)
+        return int(f) if f.is_integer() and abs(f) < 1e21 else f
+    return value
+
+
+def merge(dst: Any, src: Any) -> Any:
+    """Protobuf MergeFrom on JSON: objects merged key by key, lists appended, scalars replaced
+    (what an EnvoyFilter MERGE and Envoy's --config-yaml do)."""
+    if isinstance(dst, dict) and isinstance(src, dict):
+        out = dict(dst)
+        for k, v in src.items():
+            out[k] = merge(dst[k], v) if k in dst else copy.deepcopy(v)
+        return out
+    if isinstance(dst, list) and isinstance(src, list):
+        return dst + copy.deepcopy(src)
+    return copy.deepcopy(src)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for _, d in iv.load_documents(path)]
+
+
+class Envoy:
+    def __init__(self, binary: str, config: dict, workdir: Path, name: str, config_yaml: Optional[str] = None):
+        self.name = name
+        self.admin = free_port()
+        self.listen = free_port()
+        cfg = copy.deepcopy(config)
+        cfg["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin}}}
+        for listener in cfg["static_resources"]["listeners"]:
+            listener["address"]["socket_address"].update(address="127.0.0.1", port_value=self.listen)
+        self.config_path = workdir / f"{name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.log_path = workdir / f"{name}.log"
+        args = [binary, "-c", str(self.config_path), "--concurrency", "2", "--disable-hot-restart",
+                "--base-id", str(random.randint(1000, 60000)), "-l", "info", "--log-path", str(self.log_path)]
+        if config_yaml:
+            args += ["--config-yaml", config_yaml]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def ready(self, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                if self.get("/ready", admin=True)[0] == 200:
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.1)
+        return False
+
+    def get(self, path: str, admin: bool = False, headers: Optional[dict] = None) -> tuple[int, str]:
+        port = self.admin if admin else self.listen
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{self.admin}/quitquitquit", method="POST"), timeout=2)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "Envoy":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# Istio-shaped configurations
+# ----------------------------------------------------------------------------------------------
+
+def base_config() -> dict:
+    """envoy/envoy.yaml as an Istio proxy would have it: no singleton, no early header removal,
+    no canary-guard stats tag, no Wasm filter yet."""
+    cfg = yaml.safe_load(ENVOY_YAML.read_text())
+    cfg.pop("bootstrap_extensions", None)
+    cfg.pop("stats_config", None)
+    hcm = http_connection_manager(cfg)
+    hcm.pop("early_header_mutation_extensions", None)
+    hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+    return cfg
+
+
+def http_connection_manager(cfg: dict) -> dict:
+    return cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def istio_wasm_filter(plugin: dict, wasm: Path, plugin_config: Optional[dict] = None) -> dict:
+    """The filter istiod builds for a WasmPlugin (pilot/pkg/model/extensions.go), with the
+    module already fetched to a local file by istio-agent."""
+    spec, meta = plugin["spec"], plugin["metadata"]
+    name = f"{meta.get('namespace', 'default')}.{meta['name']}"
+    pc = spec.get("pluginConfig") if plugin_config is None else plugin_config
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": spec.get("pluginName", ""),
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": json.dumps(istio_struct_json(pc), separators=(",", ":"))},
+                "failure_policy": {"FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "FAIL_RELOAD"}.get(
+                    spec.get("failStrategy", "FAIL_CLOSE"), "FAIL_CLOSED"),
+            },
+        },
+    }
+
+
+def with_plugin(cfg: dict, plugin: dict, wasm: Path, plugin_config: Optional[dict] = None) -> dict:
+    cfg = copy.deepcopy(cfg)
+    hcm = http_connection_manager(cfg)
+    hcm["http_filters"] = [istio_wasm_filter(plugin, wasm, plugin_config)] + hcm["http_filters"]
+    return cfg
+
+
+def wasm_plugins() -> list[tuple[str, dict]]:
+    return [(p.name, d) for p in sorted(ISTIO.glob("*.yaml")) for d in documents(p) if d.get("kind") == "WasmPlugin"]
+
+
+def stats_matchers() -> dict[str, dict]:
+    out = {}
+    for path in sorted((ISTIO / "stats").glob("*.yaml")):
+        for d in documents(path):
+            ann = d.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+            if "proxy.istio.io/config" in ann:
+                out[f"{path.name} annotation"] = yaml.safe_load(ann["proxy.istio.io/config"])["proxyStatsMatcher"]
+            dc = d.get("spec", {}).get("meshConfig", {}).get("defaultConfig", {})
+            if "proxyStatsMatcher" in dc:
+                out[f"{path.name} meshConfig"] = dc["proxyStatsMatcher"]
+    return out
+
+
+def istio_stats_config(matcher: dict) -> dict:
+    """stats_config as Istio's bootstrap template renders a ProxyConfig's proxyStatsMatcher."""
+    patterns = ISTIO_BASE_INCLUSIONS[:2]
+    patterns += [{"prefix": p} for p in matcher.get("inclusionPrefixes", [])]
+    patterns += [{"suffix": s} for s in matcher.get("inclusionSuffixes", [])]
+    patterns += [{"safe_regex": {"regex": r}} for r in matcher.get("inclusionRegexps", [])]
+    patterns += ISTIO_BASE_INCLUSIONS[2:]
+    return {"use_all_default_tags": False, "stats_matcher": {"inclusion_list": {"patterns": patterns}}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------------
+
+class Checker:
+    def __init__(self, envoy: str, wasm: Path, workdir: Path):
+        self.envoy, self.wasm, self.workdir = envoy, wasm, workdir
+        self.failures: list[str] = []
+        self.runs = 0
+
+    def report(self, ok: bool, what: str, detail: str = "") -> None:
+        print(f"{'ok  ' if ok else 'FAIL'} {what}" + (f": {detail}" if detail and not ok else ""))
+        if not ok:
+            self.failures.append(what)
+
+    def start(self, cfg: dict, config_yaml: Optional[str] = None) -> Envoy:
+        self.runs += 1
+        return Envoy(self.envoy, cfg, self.workdir, f"envoy{self.runs}", config_yaml)
+
+    def plugin_config(self) -> None:
+        for file, plugin in wasm_plugins():
+            name = plugin["spec"]["pluginConfig"]["name"]
+            with self.start(with_plugin(base_config(), plugin, self.wasm)) as e:
+                ready = e.ready()
+                log = e.log()
+                refused = [l for l in log.splitlines() if "invalid canary-guard configuration" in l]
+                stats = e.get("/stats", admin=True)[1] if ready else ""
+                self.report(ready and not refused and f"wasmcustom.canary_guard.{name}.weight" in stats,
+                            f"plugin-config: {file} accepted by the module",
+                            "; ".join(refused) or f"Envoy not ready, log {e.log_path}")
+        # Control: a misspelt field is refused, so the check above can fail.
+        file, plugin = wasm_plugins()[0]
+        bad = copy.deepcopy(plugin["spec"]["pluginConfig"])
+        bad["analysis"]["stepWieght"] = bad["analysis"].pop("stepWeight", 10)
+        with self.start(with_plugin(base_config(), plugin, self.wasm, bad)) as e:
+            ready = e.ready(timeout=10)
+            refused = "invalid canary-guard configuration: analysis.stepWieght" in e.log()
+            self.report(not ready and refused, "plugin-config: control, a misspelt field is refused",
+                        f"ready={ready}, refused={refused}, log {e.log_path}")
+
+    def stats(self) -> None:
+        file, plugin = next((f, p) for f, p in wasm_plugins() if f == "wasmplugin-gateway.yaml")
+        name = plugin["spec"]["pluginConfig"]["name"]
+        configmap = documents(ISTIO / "stats" / "stats-tags-configmap.yaml")[0]
+        override = configmap["data"]["custom_bootstrap.json"]
+        for where, matcher in stats_matchers().items():
+            cfg = with_plugin(base_config(), plugin, self.wasm)
+            cfg["stats_config"] = istio_stats_config(matcher)
+            for tagged in (False, True):
+                with self.start(cfg, override if tagged else None) as e:
+                    if not e.ready():
+                        self.report(False, f"stats: {where}", f"Envoy not ready, log {e.log_path}")
+                        continue
+                    for _ in range(5):
+                        e.get("/")
+                    time.sleep(0.5)
+                    stats = e.get("/stats", admin=True)[1]
+                    prom = e.get("/stats/prometheus", admin=True)[1]
+                    kept = f"wasmcustom.canary_guard.{name}.weight:" in stats
+                    others = [l for l in stats.splitlines() if l.startswith("cluster.")]
+                    want = f'canary_guard_weight{{canary="{name}"}}' if tagged else f"canary_guard_{name}_weight{{}}"
+                    named = re.search(rf"^{re.escape(want)} ", prom, re.M) is not None
+                    label = "with" if tagged else "without"
+                    self.report(kept and not others and named,
+                                f"stats: {where}, {label} the bootstrap override: kept, named {want}",
+                                f"kept={kept}, other stats kept={len(others)}, named={named}")
+
+    def envoyfilter(self) -> None:
+        ef = documents(ISTIO / "envoyfilter-gateway.yaml")[0]
+        vs = next(d for d in documents(ISTIO / "virtualservice.yaml") if d["metadata"]["name"] == "web")
+        plugin = next(p for f, p in wasm_plugins() if f == "wasmplugin-gateway.yaml")
+        header = plugin["spec"]["pluginConfig"]["upstreams"]["header"]
+        canary_value = plugin["spec"]["pluginConfig"]["upstreams"]["canary"]
+        cfg = base_config()
+        hcm = http_connection_manager(cfg)
+        # The VirtualService's routes, answering with the subset's name instead of proxying.
+        routes = []
+        for r in vs["spec"]["http"]:
+            subset = r["route"][0]["destination"]["subset"]
+            match: dict = {"prefix": "/"}
+            for m in r.get("match") or []:
+                match["headers"] = [{"name": h, "string_match": sm} for h, sm in m.get("headers", {}).items()]
+            routes.append({"name": r.get("name", subset), "match": match,
+                           "direct_response": {"status": 200, "body": {"inline_string": subset}},
+                           "request_headers_to_remove": r.get("headers", {}).get("request", {}).get("remove", [])})
+        hcm["route_config"]["virtual_hosts"][0]["routes"] = routes
+        patch = ef["spec"]["configPatches"][0]["patch"]
+        assert patch["operation"] == "MERGE" and patch["value"]["typed_config"]["@type"] == HCM_TYPE
+        patched = copy.deepcopy(cfg)
+        listener_filter = patched["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        listener_filter.update(merge(listener_filter, patch["value"]))
+        for label, config, want in (("without the EnvoyFilter (control)", cfg, "canary"),
+                                    ("with the EnvoyFilter", patched, "stable")):
+            with self.start(config) as e:
+                if not e.ready():
+                    self.report(False, f"envoyfilter: {label}", f"Envoy not ready, log {e.log_path}")
+                    continue
+                status, body = e.get("/", headers={header: canary_value})
+                self.report(status == 200 and body == want,
+                            f"envoyfilter: a forged {header}: {canary_value}, no filter running, {label} -> {want}",
+                            f"got {status} {body!r}")
+        # The whole gateway stack: early removal, the Istio-shaped filter, the VirtualService's
+        # routes. The header the filter sets still reaches routing: once the elected analyser
+        # has started (phase Progressing), requests matching the A/B rule go to the canary.
+        rule = plugin["spec"]["pluginConfig"]["analysis"]["match"][0]["headers"]
+        ab_headers = {h: m["exact"] for h, m in rule.items()}
+        name = plugin["spec"]["pluginConfig"]["name"]
+        with self.start(with_plugin(patched, plugin, self.wasm)) as e:
+            bodies: list[str] = []
+            if e.ready():
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    e.get("/")
+                    if re.search(rf"^wasmcustom\.canary_guard\.{name}\.phase: 1$", e.get("/stats", admin=True)[1], re.M):
+                        bodies = [e.get("/", headers={**ab_headers, header: "web-stable"})[1] for _ in range(5)]
+                        break
+                    time.sleep(0.1)
+            self.report(bodies == ["canary"] * 5,
+                        f"envoyfilter: with the EnvoyFilter and the plugin, A/B match traffic {ab_headers} -> canary",
+                        f"got {bodies}, log {e.log_path}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--envoy", default=os.environ.get("ENVOY_BIN") or str(REPO / ".venv" / "bin" / "envoy"))
+    ap.add_argument("--wasm", type=Path, default=DEFAULT_WASM)
+    ap.add_argument("--only", choices=["plugin-config", "stats", "envoyfilter"], action="append")
+    args = ap.parse_args(argv)
+    for path, what in ((Path(args.envoy), "Envoy (make setup, or ENVOY_BIN)"), (args.wasm, "the module (make build)")):
+        if not path.is_file():
+            print(f"missing {what}: {path}", file=sys.stderr)
+            return 2
+    with tempfile.TemporaryDirectory(prefix="istio-envoy-check-") as tmp:
+        checker = Checker(args.envoy, args.wasm.resolve(), Path(tmp))
+        for check in args.only or ["plugin-config", "stats", "envoyfilter"]:
+            getattr(checker, check.replace("-", "_"))()
+        if checker.failures:
+            print(f"\n{len(checker.failures)} check(s) failed")
+            return 1
+    print("\nall checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
