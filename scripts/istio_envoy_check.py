@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import random
 import re
@@ -45,6 +44,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 import istio_validate as iv  # noqa: E402  (strict YAML loading)
+from istio_shape import istio_wasm_filter  # noqa: E402
 
 ISTIO = REPO / "istio"
 ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
@@ -53,18 +53,6 @@ HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection
 # The patterns Istio's bootstrap always includes (tools/packaging/common/envoy_bootstrap.json),
 # around the ones a ProxyConfig adds.
 ISTIO_BASE_INCLUSIONS = [{"prefix": "reporter="}, {"prefix": "component"}, {"prefix": "istio"}]
-
-
-def istio_struct_json(value: Any) -> Any:
-    """pluginConfig through a protobuf Struct (numbers are float64) and protojson."""
-    if isinstance(value, dict):
-        return {k: istio_struct_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [istio_struct_json(v) for v in value]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        f = float(value)
-        return int(f) if f.is_integer() and abs(f) < 1e21 else f
-    return value
 
 
 def merge(dst: Any, src: Any) -> Any:
@@ -170,29 +158,6 @@ def base_config() -> dict:
 
 def http_connection_manager(cfg: dict) -> dict:
     return cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-
-
-def istio_wasm_filter(plugin: dict, wasm: Path, plugin_config: Optional[dict] = None) -> dict:
-    """The filter istiod builds for a WasmPlugin (pilot/pkg/model/extensions.go), with the
-    module already fetched to a local file by istio-agent."""
-    spec, meta = plugin["spec"], plugin["metadata"]
-    name = f"{meta.get('namespace', 'default')}.{meta['name']}"
-    pc = spec.get("pluginConfig") if plugin_config is None else plugin_config
-    return {
-        "name": name,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": name,
-                "root_id": spec.get("pluginName", ""),
-                "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
-                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                  "value": json.dumps(istio_struct_json(pc), separators=(",", ":"))},
-                "failure_policy": {"FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "FAIL_RELOAD"}.get(
-                    spec.get("failStrategy", "FAIL_CLOSE"), "FAIL_CLOSED"),
-            },
-        },
-    }
 
 
 def with_plugin(cfg: dict, plugin: dict, wasm: Path, plugin_config: Optional[dict] = None) -> dict:

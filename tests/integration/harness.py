@@ -8,7 +8,6 @@ fixed sleeps alone.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import os

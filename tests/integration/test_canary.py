@@ -6,7 +6,6 @@ the record (`-s`), never asserted: timing goals belong to `make bench`."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest

@@ -30,6 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 import istio_validate as iv  # noqa: E402
+from istio_shape import istio_struct_json  # noqa: E402
 
 ISTIO = REPO / "istio"
 MANIFESTS = sorted(ISTIO.glob("*.yaml"))
@@ -242,19 +243,6 @@ def test_stats_snippets_have_no_crd(bundle):
 # ----------------------------------------------------------------------------------------------
 # 2. Consistency between the manifests and with canary-guard
 # ----------------------------------------------------------------------------------------------
-
-def istio_struct_json(value: Any) -> Any:
-    """What canary-guard receives from Istio: pluginConfig goes through a protobuf Struct
-    (every number a float64) and protojson (integral floats written without a fraction)."""
-    if isinstance(value, dict):
-        return {k: istio_struct_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [istio_struct_json(v) for v in value]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        f = float(value)
-        return int(f) if f.is_integer() and abs(f) < 1e21 else f
-    return value
-
 
 def plugin_config_problems(plugin: dict) -> list[str]:
     pc = plugin["spec"].get("pluginConfig")

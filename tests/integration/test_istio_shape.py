@@ -7,31 +7,22 @@ with the runtime, the code (a local file once istio-agent has fetched the image)
 environment variables, but NO vm_id; there is no bootstrap singleton and no early header
 mutation. So the analyser must be elected among the workers, and the filter alone must keep a
 client-sent routing header from reaching the canary. This test runs that shape with the
-pluginConfig of istio/wasmplugin-gateway.yaml (analysis sped up) and shows a promotion, a
+pluginConfig of istio/wasmplugin-gateway.yaml (analysis sped up as in test_canary) and shows a promotion, a
 rollback and a forged header going to stable."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import sys
 
-import pytest
 import yaml
 
 import harness
-from test_canary import FAILED, PROGRESSING, SUCCEEDED, stat, wait_phase, without_early_header_removal
+from test_canary import FAILED, PROGRESSING, SUCCEEDED, canary_cfg, stat, wait_phase, without_early_header_removal
+
+sys.path.insert(0, str(harness.REPO / "tests"))
+from istio_shape import istio_wasm_filter  # noqa: E402
 
 MANIFEST = harness.REPO / "istio" / "wasmplugin-gateway.yaml"
-FAST_ANALYSIS = {
-    "interval": "500ms",
-    "threshold": 2,
-    "stepWeights": [10, 20, 30],
-    "minRequests": 5,
-    "metrics": [
-        {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "2s"},
-        {"name": "request-duration", "thresholdRange": {"max": 500}, "interval": "2s"},
-    ],
-}
 
 
 def wasm_plugin() -> dict:
@@ -40,43 +31,14 @@ def wasm_plugin() -> dict:
     return docs[0]
 
 
-def istio_filter(plugin: dict, plugin_config: dict, wasm: str) -> dict:
-    """The HTTP filter istiod generates for `plugin` (code already fetched to a local file)."""
-    spec, meta = plugin["spec"], plugin["metadata"]
-    fail_open = spec.get("failStrategy", "FAIL_CLOSE") == "FAIL_OPEN"
-    return {
-        "name": f"{meta.get('namespace', 'default')}.{meta['name']}",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": f"{meta.get('namespace', 'default')}.{meta['name']}",
-                "root_id": spec.get("pluginName", ""),
-                "vm_config": {
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm}},
-                    "environment_variables": {"key_values": {
-                        "ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": "1",
-                        **({"ISTIO_META_WASM_IMAGE_PULL_POLICY": spec["imagePullPolicy"]}
-                           if "imagePullPolicy" in spec else {}),
-                    }},
-                },
-                # protomarshal.ToJSON of the pluginConfig Struct.
-                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                  "value": json.dumps(plugin_config, separators=(",", ":"))},
-                "failure_policy": "FAIL_OPEN" if fail_open else "FAIL_CLOSED",
-            },
-        },
-    }
-
-
 def istio_shaped_proxy(launcher, backends, wasm, name="istio-proxy"):
     plugin = wasm_plugin()
-    plugin_config = {**plugin["spec"]["pluginConfig"], "analysis": FAST_ANALYSIS}
+    plugin_config = {**plugin["spec"]["pluginConfig"], "analysis": canary_cfg()["analysis"]}
     up = plugin_config["upstreams"]
     proxy = harness.Proxy(launcher.tmp_path, backends, harness.default_plugin_config(), mode="leader", name=name)
     cfg = without_early_header_removal(proxy.config)
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"] = [istio_filter(plugin, plugin_config, wasm)] + [
+    hcm["http_filters"] = [istio_wasm_filter(plugin, wasm, plugin_config)] + [
         f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
     # The routing half, as the VirtualService does it: the filter's header value picks the subset.
     canary_route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]

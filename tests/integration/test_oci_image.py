@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import io
 import json
-import re
 import os
 import shutil
 import subprocess

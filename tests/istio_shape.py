@@ -1,0 +1,52 @@
+"""What istiod generates from a WasmPlugin (pilot/pkg/model/extensions.go), shared by the
+manifest tests, the Istio-shaped Envoy test and scripts/istio_envoy_check.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
+
+
+def istio_struct_json(value: Any) -> Any:
+    """What canary-guard receives from Istio: pluginConfig goes through a protobuf Struct
+    (every number a float64) and protojson (integral floats written without a fraction)."""
+    if isinstance(value, dict):
+        return {k: istio_struct_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [istio_struct_json(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        f = float(value)
+        return int(f) if f.is_integer() and abs(f) < 1e21 else f
+    return value
+
+
+def istio_wasm_filter(plugin: dict, wasm: Union[str, Path], plugin_config: Optional[dict] = None) -> dict:
+    """The HTTP filter istiod builds for a WasmPlugin, with the module already fetched to a
+    local file by istio-agent: name <ns>.<name>, root_id = pluginName, the pluginConfig as a
+    JSON StringValue, environment variables, and no vm_id."""
+    spec, meta = plugin["spec"], plugin["metadata"]
+    name = f"{meta.get('namespace', 'default')}.{meta['name']}"
+    pc = spec.get("pluginConfig") if plugin_config is None else plugin_config
+    env = {"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": "1"}
+    if "imagePullPolicy" in spec:
+        env["ISTIO_META_WASM_IMAGE_PULL_POLICY"] = spec["imagePullPolicy"]
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": spec.get("pluginName", ""),
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(wasm)}},
+                    "environment_variables": {"key_values": env},
+                },
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": json.dumps(istio_struct_json(pc), separators=(",", ":"))},
+                "failure_policy": {"FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "FAIL_RELOAD"}.get(
+                    spec.get("failStrategy", "FAIL_CLOSE"), "FAIL_CLOSED"),
+            },
+        },
+    }
