@@ -113,10 +113,6 @@ impl Totals {
             }
         }
     }
-
-    pub fn is_zero(&self) -> bool {
-        *self == Totals::default()
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

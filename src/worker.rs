@@ -71,11 +71,6 @@ impl Worker {
         self.dirty = true;
     }
 
-    /// The worker's clock, as of its last tick (bucket assignment needs no finer time).
-    pub fn set_now(&mut self, now_ms: u64) {
-        self.now_ms = now_ms;
-    }
-
     pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
         self.now_ms = now_ms;
         self.publish_config(store, tel, now_ms);
@@ -131,11 +126,6 @@ impl Worker {
             }
             self.config_checked_ms = Some(now_ms);
         }
-    }
-
-    /// The configuration bytes this worker was given.
-    pub fn raw_config(&self) -> &[u8] {
-        &self.raw_config
     }
 
     /// Adds the outcomes recorded since the last report to the Envoy counters.
