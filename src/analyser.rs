@@ -111,9 +111,9 @@ impl Analyser {
             return;
         }
 
-        let (state, cas) = match store.get(&self.keys.state) {
-            Ok(Some((bytes, cas))) => (CanaryState::decode(&bytes), cas),
-            Ok(None) => (None, 0),
+        let (state, cas, state_bytes) = match store.get(&self.keys.state) {
+            Ok(Some((bytes, cas))) => (CanaryState::decode(&bytes), cas, bytes.len() as u64),
+            Ok(None) => (None, 0, 0),
             Err(_) => return,
         };
         let name = self.cfg.name.clone();
@@ -176,7 +176,7 @@ impl Analyser {
         {
             return;
         }
-        let (slots, corrupt) = read_all(store, &self.keys);
+        let (slots, corrupt, slot_bytes) = read_all(store, &self.keys);
         if corrupt > 0 && !self.corrupt_logged {
             tel.log(
                 Level::Warn,
@@ -190,6 +190,11 @@ impl Analyser {
         tel.gauge(&name, Stat::TalliedStable5xx, totals.stable_errors);
         tel.gauge(&name, Stat::TalliedCanaryRequests, totals.canary_requests);
         tel.gauge(&name, Stat::TalliedCanary5xx, totals.canary_errors);
+        let shared = slot_bytes
+            + state_bytes
+            + value_len(store, &self.keys.lease)
+            + value_len(store, &self.keys.config);
+        tel.gauge(&name, Stat::SharedBytes, shared);
         self.totals_at_ms = Some(now_ms);
         if !due {
             return;
@@ -270,6 +275,14 @@ impl Analyser {
     }
 }
 
+/// Length of a shared-data value (0 when absent or unreadable).
+fn value_len(store: &dyn SharedStore, key: &str) -> u64 {
+    match store.get(key) {
+        Ok(Some((bytes, _))) => bytes.len() as u64,
+        _ => 0,
+    }
+}
+
 /// The bootstrap singleton: analyses every canary whose filters registered in this proxy, with
 /// the configuration those filters published (so an xDS update of the filter reaches it).
 pub struct Singleton {
@@ -333,5 +346,52 @@ impl Singleton {
         for (_, a) in self.analysers.values_mut() {
             a.shutdown(store);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{example, EXAMPLE};
+    use crate::fake_host::{FakeStore, FakeTelemetry};
+    use crate::worker::Worker;
+
+    /// Records `n` outcomes spread evenly over 30 s (both sides, 10 latency values) through one
+    /// worker and a singleton analyser, both ticking every 100 ms; returns the last `shared_bytes`.
+    fn shared_bytes_after(n: u64) -> u64 {
+        let (store, mut tel) = (FakeStore::default(), FakeTelemetry::default());
+        let mut worker = Worker::new(example(), EXAMPLE.as_bytes().to_vec(), 1, 0);
+        let mut analyser = Analyser::new(example(), 2, HolderKind::Singleton);
+        let steps = 300; // 100 ms each; a worker's clock advances on its tick
+        let mut recorded = 0;
+        for step in 1..=steps {
+            let now = step * 100;
+            for i in recorded..n * step / steps {
+                let side = if i % 2 == 0 {
+                    Side::Stable
+                } else {
+                    Side::Canary
+                };
+                worker.record(side, 200, 1_000 + (i / 2 % 10) * 100);
+            }
+            recorded = n * step / steps;
+            worker.tick(&store, &mut tel, now);
+            analyser.tick(&store, &mut tel, now);
+        }
+        assert_eq!(
+            tel.gauge_of("web", Stat::TalliedCanaryRequests),
+            Some(n / 2)
+        );
+        tel.gauge_of("web", Stat::SharedBytes).unwrap()
+    }
+
+    #[test]
+    fn shared_bytes_are_reported_and_do_not_grow_with_requests() {
+        let few = shared_bytes_after(10_000);
+        let many = shared_bytes_after(1_000_000);
+        assert!(few > 1_000, "slots, state, lease and config: {few}");
+        assert!(many < 64 * 1024, "{many}");
+        // A full 10 s window holds the same buckets and histogram entries either way.
+        assert_eq!(few, many, "10k outcomes: {few} B, 1M outcomes: {many} B");
     }
 }

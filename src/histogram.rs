@@ -73,9 +73,21 @@ impl Histogram {
         }
     }
 
+    /// Adds another histogram: one pass over both sorted lists (no search per entry).
     pub fn merge(&mut self, other: &Histogram) {
-        for (i, c) in &other.entries {
-            self.add(*i, *c);
+        let mut pos = 0;
+        for &(index, count) in &other.entries {
+            if count == 0 {
+                continue;
+            }
+            while self.entries.get(pos).is_some_and(|e| e.0 < index) {
+                pos += 1;
+            }
+            match self.entries.get_mut(pos) {
+                Some(e) if e.0 == index => e.1 = e.1.saturating_add(count),
+                _ => self.entries.insert(pos, (index, count)),
+            }
+            pos += 1;
         }
     }
 
@@ -174,6 +186,32 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.count(), 3);
         assert_eq!(a.entries().len(), 2);
+    }
+
+    #[test]
+    fn merge_equals_recording_everything_in_one() {
+        // Interleaved, disjoint, overlapping and empty index sets, both ways round.
+        let sets: [&[u64]; 5] = [
+            &[],
+            &[5, 40, 40, 900],
+            &[1, 5, 6, 900, 70_000],
+            &[3],
+            &[41, 42],
+        ];
+        for x in sets {
+            for y in sets {
+                let (mut a, mut b, mut all) = (
+                    Histogram::default(),
+                    Histogram::default(),
+                    Histogram::default(),
+                );
+                x.iter().for_each(|v| a.record(*v));
+                y.iter().for_each(|v| b.record(*v));
+                x.iter().chain(y).for_each(|v| all.record(*v));
+                a.merge(&b);
+                assert_eq!(a, all, "{x:?} + {y:?}");
+            }
+        }
     }
 
     #[test]

@@ -46,10 +46,13 @@ pub enum Stat {
     TalliedCanary5xx,
     TalliedStableRequests,
     TalliedStable5xx,
+    /// Bytes of this canary's shared-data values the analyser read (slots, state, lease,
+    /// config): bounded by the window, not by the request count.
+    SharedBytes,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 14] = [
+    pub const ALL: [Stat; 15] = [
         Stat::Weight,
         Stat::Phase,
         Stat::FailedChecks,
@@ -64,6 +67,7 @@ impl Stat {
         Stat::TalliedCanary5xx,
         Stat::TalliedStableRequests,
         Stat::TalliedStable5xx,
+        Stat::SharedBytes,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Stat {
             Stat::TalliedCanary5xx => "tallied_canary_5xx",
             Stat::TalliedStableRequests => "tallied_stable_requests",
             Stat::TalliedStable5xx => "tallied_stable_5xx",
+            Stat::SharedBytes => "shared_bytes",
         }
     }
 
@@ -95,6 +100,7 @@ impl Stat {
                 | Stat::TalliedCanary5xx
                 | Stat::TalliedStableRequests
                 | Stat::TalliedStable5xx
+                | Stat::SharedBytes
         )
     }
 

@@ -56,7 +56,7 @@ impl SlotPublisher {
     fn write_owned(&self, store: &dyn SharedStore, key: &str) -> Option<bool> {
         match store.get(key) {
             Ok(Some((bytes, cas))) => {
-                let ours = SlotRecord::decode(&bytes).is_some_and(|r| r.owner == self.record.owner);
+                let ours = SlotRecord::owner_of(&bytes) == Some(self.record.owner);
                 if !ours {
                     return None;
                 }
@@ -121,7 +121,7 @@ impl SlotPublisher {
         if let Some(i) = self.index.take() {
             let key = keys.slot(i);
             if let Ok(Some((bytes, cas))) = store.get(&key) {
-                if SlotRecord::decode(&bytes).is_some_and(|r| r.owner == self.record.owner) {
+                if SlotRecord::owner_of(&bytes) == Some(self.record.owner) {
                     let mut released = self.record.clone();
                     released.owner = 0;
                     let _ignored = store.set(&key, &released.encode(), cas);
@@ -132,12 +132,17 @@ impl SlotPublisher {
 }
 
 /// All readable slot records of a canary (slots are claimed lowest-first, so the first absent
-/// key ends the scan). Returns the records and how many slots were unreadable.
-pub fn read_all(store: &dyn SharedStore, keys: &Keys) -> (Vec<SlotRecord>, u32) {
+/// key ends the scan). Returns the records, how many slots were unreadable, and the bytes read.
+pub fn read_all(store: &dyn SharedStore, keys: &Keys) -> (Vec<SlotRecord>, u32, u64) {
     let mut out = Vec::new();
     let mut corrupt = 0;
+    let mut bytes_read = 0;
     for i in 0..MAX_SLOTS {
-        match store.get(&keys.slot(i)) {
+        let value = store.get(&keys.slot(i));
+        if let Ok(Some((bytes, _))) = &value {
+            bytes_read += bytes.len() as u64;
+        }
+        match value {
             Ok(None) => break,
             Ok(Some((bytes, _))) if bytes.is_empty() => {}
             Ok(Some((bytes, _))) => match SlotRecord::decode(&bytes) {
@@ -147,7 +152,7 @@ pub fn read_all(store: &dyn SharedStore, keys: &Keys) -> (Vec<SlotRecord>, u32) 
             Err(_) => corrupt += 1,
         }
     }
-    (out, corrupt)
+    (out, corrupt, bytes_read)
 }
 
 #[cfg(test)]
@@ -245,8 +250,9 @@ mod tests {
         a.record.record(0, Side::Canary, 200, 10);
         a.publish(&s, &k, 0);
         s.put(&k.slot(1), b"junk");
-        let (records, corrupt) = read_all(&s, &k);
+        let (records, corrupt, bytes) = read_all(&s, &k);
         assert_eq!((records.len(), corrupt), (1, 1));
+        assert_eq!(bytes, (s.raw(&k.slot(0)).unwrap().len() + 4) as u64);
     }
 
     #[test]

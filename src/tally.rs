@@ -57,9 +57,15 @@ impl Tally {
         w.u64(self.errors);
         let entries = self.latency.entries();
         w.u16(entries.len() as u16);
-        for (i, c) in entries {
-            w.u16(*i);
-            w.u32(*c);
+        // Entries (u16 index, u32 count) written in place: a field write per value is a call
+        // and a memcpy each under opt-level "s", which dominated the encoding of a window.
+        let start = w.buf.len();
+        w.buf.resize(start + entries.len() * 6, 0);
+        let out = w.buf.get_mut(start..).unwrap_or_default();
+        for (chunk, (i, c)) in out.chunks_exact_mut(6).zip(entries) {
+            let (index, count) = chunk.split_at_mut(2);
+            index.copy_from_slice(&i.to_le_bytes());
+            count.copy_from_slice(&c.to_le_bytes());
         }
     }
 
@@ -197,6 +203,14 @@ impl SlotRecord {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_header(MAGIC, VERSION);
+        // Exact size up front: a full window is tens of kB and would otherwise reallocate often.
+        let entries: usize = self
+            .buckets
+            .iter()
+            .map(|b| b.stable.latency.entries().len() + b.canary.latency.entries().len())
+            .sum();
+        w.buf
+            .reserve_exact(58 + self.buckets.len() * 44 + entries * 6);
         w.u64(self.owner);
         w.u64(self.heartbeat_ms);
         w.u64(self.bucket_ms);
@@ -211,6 +225,12 @@ impl SlotRecord {
             b.canary.encode(&mut w);
         }
         w.buf
+    }
+
+    /// The owner token of an encoded record, without decoding the rest (the publisher's
+    /// ownership check before each write, which need not decode a whole window).
+    pub fn owner_of(bytes: &[u8]) -> Option<u64> {
+        Reader::with_header(bytes, MAGIC, VERSION)?.u64()
     }
 
     /// Decodes and validates; corrupt or foreign bytes give `None` and are never trusted.
@@ -340,7 +360,15 @@ mod tests {
     #[test]
     fn codec_round_trips() {
         let s = sample();
-        assert_eq!(SlotRecord::decode(&s.encode()), Some(s));
+        let bytes = s.encode();
+        assert_eq!(bytes.capacity(), bytes.len(), "sized exactly");
+        assert_eq!(SlotRecord::owner_of(&bytes), Some(42));
+        assert_eq!(SlotRecord::decode(&bytes), Some(s));
+        assert_eq!(
+            SlotRecord::owner_of(b"CGtl\x02junkjunk"),
+            None,
+            "other version"
+        );
     }
 
     #[test]
