@@ -47,12 +47,6 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
-    fn proxy_get_property(
-        path_data: *const u8,
-        path_size: usize,
-        return_data: *mut *mut u8,
-        return_size: *mut usize,
-    ) -> u32;
     fn proxy_get_shared_data(
         key_data: *const u8,
         key_size: usize,
@@ -100,10 +94,14 @@ pub fn log(level: u32, message: &str) {
     }
 }
 
-pub fn now_ms() -> Option<u64> {
+pub fn now_ns() -> Option<u64> {
     let mut t: u64 = 0;
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
-    (status == OK).then_some(t / 1_000_000)
+    (status == OK).then_some(t)
+}
+
+pub fn now_ms() -> Option<u64> {
+    now_ns().map(|t| t / 1_000_000)
 }
 
 pub fn set_tick_period_ms(ms: u32) -> bool {
@@ -144,19 +142,6 @@ pub fn add_header(map: u32, name: &str, value: &str) -> bool {
     unsafe {
         proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
             == OK
-    }
-}
-
-/// A property such as `["response", "code"]`; `None` when absent or on error.
-pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    let serialized = path.join("\0");
-    let mut data: *mut u8 = null_mut();
-    let mut len: usize = 0;
-    let status =
-        unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut len) };
-    match status {
-        OK if !data.is_null() => Some(unsafe { owned(data, len) }),
-        _ => None,
     }
 }
 

@@ -145,6 +145,8 @@ impl RootContext for Root {
             worker,
             side: None,
             set_cookie: None,
+            started_ns: 0,
+            status: 0,
         }))
     }
 
@@ -157,6 +159,9 @@ struct Http {
     worker: Option<Rc<RefCell<Worker>>>,
     side: Option<Side>,
     set_cookie: Option<String>,
+    started_ns: u64,
+    /// Response status; stays 0 when no response headers were sent (counted as an error).
+    status: u32,
 }
 
 impl Context for Http {}
@@ -169,6 +174,7 @@ impl HttpContext for Http {
         let Ok(mut w) = worker.try_borrow_mut() else {
             return Action::Continue;
         };
+        self.started_ns = ffi::now_ns().unwrap_or(0);
         let decision = w.route(&HostStore, &mut |name| {
             ffi::header(ffi::REQUEST_HEADERS, name)
         });
@@ -191,6 +197,13 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Local replies (503 no upstream, 504 timeout) pass here too. Reading `:status` here
+        // costs far less than the `response.code` property at stream end.
+        if self.side.is_some() {
+            self.status = ffi::header(ffi::RESPONSE_HEADERS, ":status")
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+                .unwrap_or(0);
+        }
         if let Some(cookie) = self.set_cookie.take() {
             ffi::add_header(ffi::RESPONSE_HEADERS, "set-cookie", &cookie);
         }
@@ -201,19 +214,11 @@ impl HttpContext for Http {
         let (Some(side), Some(worker)) = (self.side, &self.worker) else {
             return;
         };
-        // Complete only at stream end: local replies (503, 504) included; 0 = no response.
-        let status = ffi::property(&["response", "code"])
-            .and_then(|b| le_u64(&b))
-            .unwrap_or(0);
-        let nanos = ffi::property(&["request", "duration"])
-            .and_then(|b| le_u64(&b))
-            .unwrap_or(0);
+        // Request headers to stream end on the host clock: the same span the analysis judges,
+        // without the cost of the request.duration property.
+        let micros = ffi::now_ns().unwrap_or(0).saturating_sub(self.started_ns) / 1000;
         if let Ok(mut w) = worker.try_borrow_mut() {
-            w.record(side, u32::try_from(status).unwrap_or(0), nanos / 1000);
+            w.record(side, self.status, micros);
         }
     }
-}
-
-fn le_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
 }
