@@ -25,8 +25,10 @@ def test_backends_answer_and_canary_faults_toggle(backends):
         assert send(backends.canary_url, 1) == [(200, "canary")]
         return time.monotonic() - t0
 
-    backends.wait_for(lambda: timed_canary() >= 0.3, what="canary delay >= 300ms")
-    assert all(timed_canary() >= 0.3 for _ in range(3))
+    # Undelayed answers take ~1 ms; Envoy's timer may fire a hair before 300 ms, so 250 ms proves
+    # the delay without depending on timer rounding.
+    backends.wait_for(lambda: timed_canary() >= 0.25, what="canary delay >= 250ms")
+    assert all(timed_canary() >= 0.25 for _ in range(3))
 
     # Healed.
     backends.set_canary_fault()
