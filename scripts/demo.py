@@ -35,7 +35,7 @@ import harness  # noqa: E402
 
 CANARY = "web"
 STAT_PREFIX = f"{harness.WASM_STAT_PREFIX}canary_guard.{CANARY}."
-PHASES = {0: "Initializing", 1: "Progressing", 2: "Promoting", 3: "Succeeded", 4: "Failed"}
+PHASES = harness.PHASES
 FAILED = 4
 
 # "[2026-11-22 01:21:53.425][8047][info][wasm] [source/...:1151] wasm log <plugin> <root_id>: msg"

@@ -44,6 +44,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 import istio_validate as iv  # noqa: E402  (strict YAML loading)
+import istio_shape  # noqa: E402
 from istio_shape import istio_wasm_filter  # noqa: E402
 
 ISTIO = REPO / "istio"
@@ -172,16 +173,7 @@ def wasm_plugins() -> list[tuple[str, dict]]:
 
 
 def stats_matchers() -> dict[str, dict]:
-    out = {}
-    for path in sorted((ISTIO / "stats").glob("*.yaml")):
-        for d in documents(path):
-            ann = d.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
-            if "proxy.istio.io/config" in ann:
-                out[f"{path.name} annotation"] = yaml.safe_load(ann["proxy.istio.io/config"])["proxyStatsMatcher"]
-            dc = d.get("spec", {}).get("meshConfig", {}).get("defaultConfig", {})
-            if "proxyStatsMatcher" in dc:
-                out[f"{path.name} meshConfig"] = dc["proxyStatsMatcher"]
-    return out
+    return istio_shape.stats_matchers(sorted((ISTIO / "stats").glob("*.yaml")), iv.load_documents)
 
 
 def istio_stats_config(matcher: dict) -> dict:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
+
+import yaml
 
 
 def istio_struct_json(value: Any) -> Any:
@@ -50,3 +52,22 @@ def istio_wasm_filter(plugin: dict, wasm: Union[str, Path], plugin_config: Optio
             },
         },
     }
+
+
+def stats_matchers(paths: Iterable[Path], load_documents: Callable) -> dict[str, dict]:
+    """Every proxyStatsMatcher in the given files (a pod's proxy.istio.io/config annotation or
+    meshConfig.defaultConfig), keyed by `<file>#<document> annotation|meshConfig`. An
+    annotation that configures anything besides proxyStatsMatcher is refused."""
+    out = {}
+    for path in paths:
+        for i, d in load_documents(path):
+            annotations = d.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+            if "proxy.istio.io/config" in annotations:
+                proxy_config = yaml.safe_load(annotations["proxy.istio.io/config"])
+                if set(proxy_config) != {"proxyStatsMatcher"}:
+                    raise ValueError(f"{Path(path).name}: {sorted(proxy_config)}")
+                out[f"{Path(path).name}#{i} annotation"] = proxy_config["proxyStatsMatcher"]
+            default_config = d.get("spec", {}).get("meshConfig", {}).get("defaultConfig", {})
+            if "proxyStatsMatcher" in default_config:
+                out[f"{Path(path).name}#{i} meshConfig"] = default_config["proxyStatsMatcher"]
+    return out

@@ -12,7 +12,7 @@ import pytest
 
 import harness
 
-PHASES = {0: "Initializing", 1: "Progressing", 2: "Promoting", 3: "Succeeded", 4: "Failed"}
+PHASES = harness.PHASES
 PROGRESSING, SUCCEEDED, FAILED = 1, 3, 4
 
 

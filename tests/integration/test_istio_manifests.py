@@ -30,6 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 import istio_validate as iv  # noqa: E402
+import istio_shape  # noqa: E402
 from istio_shape import istio_struct_json  # noqa: E402
 
 ISTIO = REPO / "istio"
@@ -478,18 +479,7 @@ def snippet(name: str) -> list[dict]:
 
 def stats_matchers() -> dict[str, dict]:
     """Every proxyStatsMatcher in istio/stats/, by where it comes from."""
-    out = {}
-    for path in SNIPPETS:
-        for i, d in iv.load_documents(path):
-            annotations = d.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
-            if "proxy.istio.io/config" in annotations:
-                proxy_config = yaml.safe_load(annotations["proxy.istio.io/config"])
-                assert set(proxy_config) == {"proxyStatsMatcher"}, f"{path.name}: {sorted(proxy_config)}"
-                out[f"{path.name}#{i} annotation"] = proxy_config["proxyStatsMatcher"]
-            default_config = d.get("spec", {}).get("meshConfig", {}).get("defaultConfig", {})
-            if "proxyStatsMatcher" in default_config:
-                out[f"{path.name}#{i} meshConfig"] = default_config["proxyStatsMatcher"]
-    return out
+    return istio_shape.stats_matchers(SNIPPETS, iv.load_documents)
 
 
 def envoy_includes(matcher: dict, stat: str) -> bool:
