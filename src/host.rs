@@ -49,10 +49,13 @@ pub enum Stat {
     /// Bytes of this canary's shared-data values the analyser read (slots, state, lease,
     /// config): bounded by the window, not by the request count.
     SharedBytes,
+    /// Requests that found a state value they could not decode (and went to stable): a torn
+    /// or corrupt read would show here.
+    StateUnreadable,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 15] = [
+    pub const ALL: [Stat; 16] = [
         Stat::Weight,
         Stat::Phase,
         Stat::FailedChecks,
@@ -68,6 +71,7 @@ impl Stat {
         Stat::TalliedStableRequests,
         Stat::TalliedStable5xx,
         Stat::SharedBytes,
+        Stat::StateUnreadable,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -87,6 +91,7 @@ impl Stat {
             Stat::TalliedStableRequests => "tallied_stable_requests",
             Stat::TalliedStable5xx => "tallied_stable_5xx",
             Stat::SharedBytes => "shared_bytes",
+            Stat::StateUnreadable => "state_unreadable",
         }
     }
 

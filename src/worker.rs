@@ -19,6 +19,8 @@ pub struct Worker {
     publisher: SlotPublisher,
     /// Outcomes recorded since the last tick, not yet added to the Envoy counters.
     unreported: Totals,
+    /// Requests since the last tick whose state value was present but undecodable.
+    unreadable_states: u64,
     dirty: bool,
     rng: u64,
     now_ms: u64,
@@ -34,6 +36,7 @@ impl Worker {
             raw_config,
             publisher: SlotPublisher::new(token, bucket_ms),
             unreported: Totals::default(),
+            unreadable_states: 0,
             dirty: false,
             rng: mix64(token ^ now_ms),
             now_ms,
@@ -41,10 +44,17 @@ impl Worker {
         }
     }
 
-    /// Reads the analysis state; anything unreadable is `None` (and routes to stable).
-    pub fn read_state(&self, store: &dyn SharedStore) -> Option<CanaryState> {
+    /// Reads the analysis state; anything unreadable is `None` (and routes to stable). A value
+    /// that is present (non-empty) but does not decode is counted.
+    pub fn read_state(&mut self, store: &dyn SharedStore) -> Option<CanaryState> {
         match store.get(&self.keys.state) {
-            Ok(Some((bytes, _))) => CanaryState::decode(&bytes),
+            Ok(Some((bytes, _))) if !bytes.is_empty() => {
+                let state = CanaryState::decode(&bytes);
+                if state.is_none() {
+                    self.unreadable_states += 1;
+                }
+                state
+            }
             _ => None,
         }
     }
@@ -136,6 +146,7 @@ impl Worker {
             (Stat::Stable5xx, u.stable_errors),
             (Stat::CanaryRequests, u.canary_requests),
             (Stat::Canary5xx, u.canary_errors),
+            (Stat::StateUnreadable, std::mem::take(&mut self.unreadable_states)),
         ] {
             if n > 0 {
                 tel.count(&self.cfg.name, stat, n);
@@ -219,6 +230,11 @@ mod tests {
         assert_eq!(w.route(&s, &mut none).side, Side::Stable);
         s.broken.set(Some(10));
         assert_eq!(w.route(&s, &mut none).side, Side::Stable);
+        // Only the present-but-undecodable value is counted, once, at the next tick.
+        s.broken.set(None);
+        let mut tel = FakeTelemetry::default();
+        w.tick(&s, &mut tel, 1);
+        assert_eq!(tel.counter_of("web", Stat::StateUnreadable), 1);
     }
 
     #[test]
