@@ -11,10 +11,13 @@ pub struct FakeStore {
     next_cas: Cell<u32>,
     /// When set, every call fails with this status (a host in trouble).
     pub broken: Cell<Option<u32>>,
+    /// Number of `get` calls so far (what a caching reader saves).
+    pub reads: Cell<u64>,
 }
 
 impl SharedStore for FakeStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        self.reads.set(self.reads.get() + 1);
         if let Some(code) = self.broken.get() {
             return Err(HostError(code));
         }

@@ -179,7 +179,11 @@ impl Sim {
         }
         for _ in 0..n {
             let i = serving[(self.rand() % serving.len() as u64) as usize];
-            let side = self.nodes[i].worker.route(&self.store, &mut |_| None).side;
+            let now_us = self.now * 1000;
+            let side = self.nodes[i]
+                .worker
+                .route(&self.store, &mut |_| None, Some(now_us))
+                .side;
             let (pct, ms) = match side {
                 Side::Stable => (self.backend.stable_5xx_pct, 20),
                 Side::Canary => (self.backend.canary_5xx_pct, self.backend.canary_ms),

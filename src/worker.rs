@@ -11,6 +11,11 @@ use crate::tally::{bucket_ms_for, Totals};
 
 /// How often a worker re-checks that its configuration is the one published for the singleton.
 const CONFIG_REPUBLISH_MS: u64 = 5_000;
+/// How old the worker's copy of the analysis state may get before a request reads it again.
+/// Reading shared data costs a host call that copies the value into the VM (a few µs under
+/// load, the largest part of the filter's cost); at 2 ms a busy worker reads it once per tens
+/// of requests, and a weight change (a rollback too) reaches every request within 2 ms.
+pub const STATE_MAX_AGE_US: u64 = 2_000;
 
 pub struct Worker {
     pub cfg: Config,
@@ -25,6 +30,9 @@ pub struct Worker {
     rng: u64,
     now_ms: u64,
     config_checked_ms: Option<u64>,
+    /// The state as last read, and when (host clock, µs).
+    state: Option<CanaryState>,
+    state_read_us: Option<u64>,
 }
 
 impl Worker {
@@ -41,6 +49,8 @@ impl Worker {
             rng: mix64(token ^ now_ms),
             now_ms,
             config_checked_ms: None,
+            state: None,
+            state_read_us: None,
         }
     }
 
@@ -59,17 +69,29 @@ impl Worker {
         }
     }
 
+    /// Decides where one request goes. `now_us` is the host clock when the request arrived: the
+    /// state is read again when the copy is older than `STATE_MAX_AGE_US`, the clock went
+    /// backwards or could not be read (`None`), so every request sees the last or the current
+    /// weight, never a torn one.
     pub fn route(
         &mut self,
         store: &dyn SharedStore,
         header: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+        now_us: Option<u64>,
     ) -> Decision {
-        let state = self.read_state(store);
+        let fresh = match (self.state_read_us, now_us) {
+            (Some(t), Some(now)) => now >= t && now - t < STATE_MAX_AGE_US,
+            _ => false,
+        };
+        if !fresh {
+            self.state = self.read_state(store);
+            self.state_read_us = now_us;
+        }
         // xorshift64*: a cheap per-worker stream; seeded from the random token.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        decide(&self.cfg, state.as_ref(), header, mix64(self.rng))
+        decide(&self.cfg, self.state.as_ref(), header, mix64(self.rng))
     }
 
     /// Records one finished request. `status` 0 = no response was sent.
@@ -146,7 +168,10 @@ impl Worker {
             (Stat::Stable5xx, u.stable_errors),
             (Stat::CanaryRequests, u.canary_requests),
             (Stat::Canary5xx, u.canary_errors),
-            (Stat::StateUnreadable, std::mem::take(&mut self.unreadable_states)),
+            (
+                Stat::StateUnreadable,
+                std::mem::take(&mut self.unreadable_states),
+            ),
         ] {
             if n > 0 {
                 tel.count(&self.cfg.name, stat, n);
@@ -225,11 +250,17 @@ mod tests {
     fn routes_to_stable_without_state_or_when_state_is_corrupt() {
         let s = FakeStore::default();
         let mut w = worker(1);
-        assert_eq!(w.route(&s, &mut none).side, Side::Stable);
+        assert_eq!(w.route(&s, &mut none, Some(0)).side, Side::Stable);
         s.put("canary-guard/web/state", b"CGst\x01garbage");
-        assert_eq!(w.route(&s, &mut none).side, Side::Stable);
+        assert_eq!(
+            w.route(&s, &mut none, Some(STATE_MAX_AGE_US)).side,
+            Side::Stable
+        );
         s.broken.set(Some(10));
-        assert_eq!(w.route(&s, &mut none).side, Side::Stable);
+        assert_eq!(
+            w.route(&s, &mut none, Some(2 * STATE_MAX_AGE_US)).side,
+            Side::Stable
+        );
         // Only the present-but-undecodable value is counted, once, at the next tick.
         s.broken.set(None);
         let mut tel = FakeTelemetry::default();
@@ -238,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_weight_the_analyser_wrote_on_the_next_request() {
+    fn reads_the_weight_the_analyser_wrote_once_its_copy_is_older_than_the_max_age() {
         let s = FakeStore::default();
         let mut w = worker(1);
         let st = CanaryState {
@@ -247,14 +278,45 @@ mod tests {
             ..CanaryState::new("v2", 0)
         };
         s.put("canary-guard/web/state", &st.encode());
-        assert_eq!(w.route(&s, &mut none).side, Side::Canary);
+        let t0 = 1_000_000;
+        assert_eq!(w.route(&s, &mut none, Some(t0)).side, Side::Canary);
         let st = CanaryState {
             weight: 0,
             phase: Phase::Failed,
             ..st
         };
         s.put("canary-guard/web/state", &st.encode());
-        assert_eq!(w.route(&s, &mut none).side, Side::Stable);
+        // Within the max age the copy serves (no host call per request)...
+        let reads = s.reads.get();
+        assert_eq!(
+            w.route(&s, &mut none, Some(t0 + STATE_MAX_AGE_US - 1)).side,
+            Side::Canary
+        );
+        assert_eq!(s.reads.get(), reads, "a fresh copy must not be read again");
+        // ...and from then on the rollback holds for every request.
+        for dt in [
+            STATE_MAX_AGE_US,
+            STATE_MAX_AGE_US + 1,
+            10 * STATE_MAX_AGE_US,
+        ] {
+            assert_eq!(w.route(&s, &mut none, Some(t0 + dt)).side, Side::Stable);
+        }
+        // A clock that goes backwards re-reads rather than trusting the copy forever.
+        s.put(
+            "canary-guard/web/state",
+            &CanaryState {
+                weight: 100,
+                phase: Phase::Progressing,
+                ..st
+            }
+            .encode(),
+        );
+        assert_eq!(w.route(&s, &mut none, Some(5)).side, Side::Canary);
+        // Without a clock every request reads.
+        let reads = s.reads.get();
+        w.route(&s, &mut none, None);
+        w.route(&s, &mut none, None);
+        assert_eq!(s.reads.get(), reads + 2);
     }
 
     #[test]

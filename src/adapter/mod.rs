@@ -174,10 +174,13 @@ impl HttpContext for Http {
         let Ok(mut w) = worker.try_borrow_mut() else {
             return Action::Continue;
         };
-        self.started_ns = ffi::now_ns().unwrap_or(0);
-        let decision = w.route(&HostStore, &mut |name| {
-            ffi::header(ffi::REQUEST_HEADERS, name)
-        });
+        let now = ffi::now_ns();
+        self.started_ns = now.unwrap_or(0);
+        let decision = w.route(
+            &HostStore,
+            &mut |name| ffi::header(ffi::REQUEST_HEADERS, name),
+            now.map(|ns| ns / 1000),
+        );
         let up = &w.cfg.upstreams;
         let cluster = match decision.side {
             Side::Stable => &up.stable,
