@@ -52,6 +52,7 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 import harness  # noqa: E402
+import requests  # noqa: E402
 
 CANARY = "web"
 STAT = f"{harness.WASM_STAT_PREFIX}canary_guard.{CANARY}."
@@ -64,6 +65,8 @@ ARM_TITLES = {
     "C": "C min-router (1 shared-data read + 1 header write)",
     "D": "D empty Wasm filter (min-router noop)",
 }
+# What min-router's calibrate mode logs (one line each).
+CALIBRATED_CALLS = 11
 RATIOS = (("B", "A"), ("B", "C"), ("C", "A"), ("D", "A"), ("C", "D"))
 METRICS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
 
@@ -200,7 +203,7 @@ def _ingress(cfg: dict) -> dict:
 
 
 def proxy_config(arm: str, backends: harness.Backends, plugin_cfg: dict,
-                 admin_port: int, listener_port: int) -> dict:
+                 admin_port: int, listener_port: int, fixture_mode: Optional[str] = None) -> dict:
     cfg = harness.render_proxy_config(
         plugin_cfg, "singleton", admin_port=admin_port, listener_port=listener_port,
         stable_port=backends.stable_port, canary_port=backends.canary_port,
@@ -223,7 +226,7 @@ def proxy_config(arm: str, backends: harness.Backends, plugin_cfg: dict,
         wasm = harness._http_filter(_ingress(cfg), "envoy.filters.http.wasm")["config"]
         wasm["name"] = wasm["root_id"] = wasm["vm_config"]["vm_id"] = "min-router"
         wasm["vm_config"]["code"]["local"]["filename"] = str(MIN_ROUTER_WASM)
-        wasm["configuration"]["value"] = "noop" if arm == "D" else ""
+        wasm["configuration"]["value"] = fixture_mode or ("noop" if arm == "D" else "")
         return cfg
     raise ValueError(arm)
 
@@ -317,12 +320,13 @@ class Bench:
         self.backends.start()
 
     def start_proxy(self, arm: str, concurrency: int, plugin_cfg: Optional[dict] = None,
-                    tag: str = "") -> PinnedEnvoy:
+                    tag: str = "", fixture_mode: Optional[str] = None) -> PinnedEnvoy:
         assert self.backends is not None
         self.seq += 1
         listener_port = harness.free_port()
         cfg = proxy_config(arm, self.backends, plugin_cfg or hold_plugin_config(),
-                           admin_port=harness.free_port(), listener_port=listener_port)
+                           admin_port=harness.free_port(), listener_port=listener_port,
+                           fixture_mode=fixture_mode)
         cpus = self.pin.proxy_cpus(concurrency) if self.pin.enabled else None
         e = PinnedEnvoy(cfg, self.workdir, f"{self.seq:03d}-{tag or arm}-c{concurrency}",
                         concurrency, cpus, listener_port)
@@ -460,12 +464,34 @@ class Bench:
                 "median": {k: median([r[k] for r in runs])
                            for k in ("reaction_s", "failing_responses", "rate_rps", "bound_responses")}}
 
+    # -- 4. host calls --------------------------------------------------------
+    def hostcalls(self) -> dict:
+        """min-router's `calibrate` mode inside the real Envoy: ns per host call, best of 5 loops
+        of 20k calls on the first request (warm caches: a lower bound for the cost under load)."""
+        log("\n== host calls: min-router calibrate (proxy --concurrency 1) ==")
+        e = self.start_proxy("C", 1, tag="calibrate", fixture_mode="calibrate")
+        try:
+            requests.get(e.url, timeout=60)
+            pattern = re.compile(r"calibrate (.+?): (\d+) ns/call")
+            found: dict[str, int] = {}
+
+            def done() -> bool:
+                found.update({m.group(1): int(m.group(2)) for m in pattern.finditer(e.log_text())})
+                return len(found) >= CALIBRATED_CALLS
+            e.wait_for(done, 120, "calibrate log lines")
+        finally:
+            self.stop(e)
+        for label, ns in found.items():
+            log(f"  {label:<48} {ns:>6} ns/call")
+        return {"ns_per_call": found}
+
     # -- 3. memory ----------------------------------------------------------
     def memory(self) -> dict:
         a = self.args
         log(f"\n== memory: canary-guard (proxy --concurrency {a.memory_concurrency}), "
             f"marks {', '.join(f'{m:,}' for m in a.memory_marks)} requests ==")
         e = self.start_proxy("B", a.memory_concurrency, tag="memory")
+        window_s = max(_ms(m["interval"]) for m in hold_plugin_config()["analysis"]["metrics"]) / 1000
         points = []
 
         def point(mark: Optional[int]) -> dict:
@@ -492,7 +518,12 @@ class Bench:
                     finally:
                         os.killpg(wrk.pid, signal.SIGTERM)
                         wrk.wait(10)
-                time.sleep(1.5)  # let the workers publish their tallies (tick <= 100 ms)
+                # Shared data holds one analysis window of buckets: fill a whole window at
+                # both marks (a light load for window + 1 s), so the two samples compare the
+                # same thing and only the request count differs.
+                with harness.LoadGenerator(e.url, rate=100, connections=2):
+                    time.sleep(window_s + 1.0)
+                time.sleep(0.5)  # let the workers publish their tallies (tick <= 100 ms)
                 points.append(point(mark))
         finally:
             self.stop(e)
@@ -567,9 +598,20 @@ def markdown(results: dict) -> str:
             lines.append(f"| {p['requests']:,} | {p['rss_kib'] / 1024:.1f} | {sb if sb is not None else 'n/a'} |")
         w = mem["wasm_bytes"]
         cg = w.get("canary_guard.wasm")
-        lines += ["", f"`canary_guard.wasm`: {cg:,} bytes ({cg / 1000:.0f} KB; target < 500 KB: "
+        lines += ["", "Each mark is sampled after a light load has run for one full analysis window "
+                      "(10 s), so both hold a full window of buckets.", "",
+                      f"`canary_guard.wasm`: {cg:,} bytes ({cg / 1000:.0f} KB; target < 500 KB: "
                       f"{'met' if cg < 500_000 else 'NOT met'}). `min_router.wasm` (fixture): "
                       f"{w.get('min_router.wasm') or 0:,} bytes.", ""]
+    hc = results.get("hostcalls")
+    if hc:
+        lines += ["## What a Wasm filter's host calls cost", "",
+                  "min-router's `calibrate` mode inside this Envoy: ns per call, best of 5 loops of 20k "
+                  "calls (warm caches: under load, with cold caches, each costs 2-4× this). A call that "
+                  "returns a value makes the host call back into the VM to allocate it.", "",
+                  "| host call | ns/call |", "| --- | ---: |"]
+        lines += [f"| {label} | {ns} |" for label, ns in hc["ns_per_call"].items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -653,7 +695,7 @@ def main() -> int:
     ap.add_argument("--memory-marks", type=lambda s: [int(float(x)) for x in s.split(",")],
                     default=[10_000, 1_000_000], help="request counts (default 10000,1000000)")
     ap.add_argument("--memory-concurrency", type=int, default=2)
-    ap.add_argument("--skip", default="", help="parts to skip, comma-separated: throughput,reaction,memory")
+    ap.add_argument("--skip", default="", help="parts to skip, comma-separated: throughput,reaction,memory,hostcalls")
     ap.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     ap.add_argument("--out", default=str(REPO / "out" / "bench"))
     args = ap.parse_args()
@@ -666,7 +708,8 @@ def main() -> int:
          os.access(os.environ.get("ENVOY_BIN") or str(REPO / ".venv" / "bin" / "envoy"), os.X_OK)),
         (f"{harness.DEFAULT_WASM} (make build)", harness.DEFAULT_WASM.is_file()),
         (f"{MIN_ROUTER_WASM} (the bench/min-router fixture)",
-         MIN_ROUTER_WASM.is_file() or not (set(args.arms) & {"C", "D"}) or "throughput" in skip),
+         MIN_ROUTER_WASM.is_file() or ((not (set(args.arms) & {"C", "D"}) or "throughput" in skip)
+                                       and "hostcalls" in skip)),
     ) if not ok]
     if missing:
         log("bench: missing " + "; ".join(missing))
@@ -686,6 +729,8 @@ def main() -> int:
             results["reaction"] = bench.reaction()
         if "memory" not in skip:
             results["memory"] = bench.memory()
+        if "hostcalls" not in skip:
+            results["hostcalls"] = bench.hostcalls()
     except KeyboardInterrupt:
         log("interrupted")
         return 130

@@ -167,14 +167,15 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// The longest window any metric looks at: tallies must cover it.
+    /// The longest window any metric looks at: tallies must cover it, and their buckets are cut
+    /// from it. Not the analysis interval: checks read only metric windows, and an interval
+    /// much longer than the windows (1h vs 10s) would cut buckets too coarse for a window.
     pub fn longest_window_ms(&self) -> u64 {
         self.metrics
             .iter()
             .map(|m| m.window_ms)
             .max()
             .unwrap_or(self.interval_ms)
-            .max(self.interval_ms)
     }
 }
 
@@ -793,6 +794,16 @@ pub(crate) mod tests {
         assert_eq!(c.analysis.metrics[1].window_ms, 10_000);
         assert_eq!(c.analysis.metrics[1].percentile, 99.0);
         assert_eq!(c.analysis.longest_window_ms(), 10_000);
+    }
+
+    #[test]
+    fn tallies_cover_the_metric_windows_not_a_longer_interval() {
+        let c = with("/analysis/interval", Some(serde_json::json!("1h"))).unwrap();
+        assert_eq!(c.analysis.longest_window_ms(), 10_000);
+        assert_eq!(
+            crate::tally::bucket_ms_for(c.analysis.longest_window_ms()),
+            157
+        );
     }
 
     #[test]
