@@ -36,7 +36,7 @@ import urllib.request
 
 CANARY = "web"  # the "name" in envoy/envoy.yaml's plugin configuration
 STAT_PREFIX = f"wasmcustom.canary_guard.{CANARY}."
-PHASES = {0: "Initializing", 1: "Progressing", 2: "Promoting", 3: "Succeeded", 4: "Failed"}
+PHASES = {0: "Initializing", 1: "Progressing", 2: "Promoting", 3: "Succeeded", 4: "Failed", 5: "Waiting"}
 PROGRESSING, FAILED = 1, 4
 
 

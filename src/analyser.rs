@@ -2,7 +2,7 @@
 //! new revision, and when a check is due it sums the workers' tallies over each metric's window,
 //! judges them, and writes the next state with compare-and-swap.
 
-use crate::analysis::{check, is_due, start, summary, Event, Logged};
+use crate::analysis::{check, held, is_due, resume, summary, Cause, Event, Found, Logged, Resume};
 use crate::checks::evaluate;
 use crate::config::{self, Config};
 use crate::host::{Level, SharedStore, Stat, Telemetry};
@@ -10,7 +10,7 @@ use crate::keys::Keys;
 use crate::lease::{self, HolderKind};
 use crate::routing::Side;
 use crate::slots::read_all;
-use crate::state::CanaryState;
+use crate::state::{CanaryState, Phase};
 use crate::tally::{Tally, Totals};
 use crate::worker::registered;
 use hashbrown::HashMap;
@@ -31,6 +31,8 @@ pub struct Analyser {
     leading: bool,
     totals_at_ms: Option<u64>,
     suspended_logged: bool,
+    /// The reason for holding a Waiting revision was logged by this analyser.
+    waiting_logged: bool,
     corrupt_logged: bool,
     /// For an elected worker: its own configuration bytes. It only leads while that is the
     /// published configuration, so a draining listener's contexts hand over to the new ones.
@@ -51,6 +53,7 @@ impl Analyser {
             leading: false,
             totals_at_ms: None,
             suspended_logged: false,
+            waiting_logged: false,
             corrupt_logged: false,
         }
     }
@@ -111,44 +114,48 @@ impl Analyser {
             return;
         }
 
-        let (state, cas, state_bytes) = match store.get(&self.keys.state) {
-            Ok(Some((bytes, cas))) => (CanaryState::decode(&bytes), cas, bytes.len() as u64),
-            Ok(None) => (None, 0, 0),
+        let (bytes, cas) = match store.get(&self.keys.state) {
+            Ok(Some((bytes, cas))) => (bytes, cas),
+            Ok(None) => (Vec::new(), 0),
             Err(_) => return,
         };
+        let state_bytes = bytes.len() as u64;
+        let decoded = CanaryState::decode(&bytes);
+        let found = match &decoded {
+            Some(s) => Found::State(s),
+            None if bytes.is_empty() => Found::Nothing,
+            None => Found::Unreadable,
+        };
         let name = self.cfg.name.clone();
-        if state.is_none() && cas != 0 {
-            tel.log(
-                Level::Warn,
-                &format!(
-                    "canary {name}: analysis state unreadable, starting rev {} from the first step",
-                    self.cfg.revision
-                ),
-            );
-        }
-        let state = match state {
-            Some(s) if s.revision == self.cfg.revision => s,
-            previous => {
-                // A new revision (or no readable state): a new analysis from the first step.
-                if let Some(p) = previous {
-                    tel.log(
-                        Level::Info,
-                        &format!(
-                            "canary {name}: revision {} -> {}, previous phase {}",
-                            p.revision,
-                            self.cfg.revision,
-                            p.phase.name()
-                        ),
-                    );
-                }
-                let (next, events) = start(&self.cfg, now_ms);
+        let revision_change = match found {
+            Found::State(p) if p.revision != self.cfg.revision => Some(format!(
+                "canary {name}: revision {} -> {}, previous phase {}",
+                p.revision,
+                self.cfg.revision,
+                p.phase.name()
+            )),
+            _ => None,
+        };
+        // One decision for the singleton and the elected worker: start, hold or go on.
+        let state = match resume(&self.cfg, found, now_ms) {
+            Resume::Keep(s) => s,
+            Resume::Write(next, events) => {
                 if store.set(&self.keys.state, &next.encode(), cas).is_ok() {
+                    if let Some(line) = revision_change {
+                        tel.log(Level::Info, &line);
+                    }
                     self.publish_state(tel, &next);
                     self.log_events(tel, &events);
+                    self.waiting_logged = next.phase == Phase::Waiting;
                 }
                 return;
             }
         };
+        if state.phase == Phase::Waiting && !self.waiting_logged {
+            // A new analyser (configuration update, new leader) says why it still holds.
+            self.log_events(tel, &[held(&self.cfg, Cause::Waiting)]);
+            self.waiting_logged = true;
+        }
         self.publish_state(tel, &state);
 
         if self.cfg.suspend {
@@ -247,7 +254,11 @@ impl Analyser {
     fn log_events(&self, tel: &mut dyn Telemetry, events: &[Event]) {
         for e in events {
             let level = match e {
-                Event::RolledBack { .. } | Event::Halt { .. } => Level::Warn,
+                Event::RolledBack { .. } | Event::Halt { .. } | Event::Held { .. } => Level::Warn,
+                Event::Released {
+                    cause: Cause::Unreadable,
+                    ..
+                } => Level::Warn,
                 _ => Level::Info,
             };
             match e {
@@ -352,16 +363,21 @@ impl Singleton {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::{example, EXAMPLE};
+    use crate::config::tests::{with, EXAMPLE};
     use crate::fake_host::{FakeStore, FakeTelemetry};
     use crate::worker::Worker;
+
+    /// The example configuration, started at once on a fresh store (restartPolicy restart).
+    fn running() -> Config {
+        with("/restartPolicy", Some("restart".into())).unwrap()
+    }
 
     /// Records `n` outcomes spread evenly over 30 s (both sides, 10 latency values) through one
     /// worker and a singleton analyser, both ticking every 100 ms; returns the last `shared_bytes`.
     fn shared_bytes_after(n: u64) -> u64 {
         let (store, mut tel) = (FakeStore::default(), FakeTelemetry::default());
-        let mut worker = Worker::new(example(), EXAMPLE.as_bytes().to_vec(), 1, 0);
-        let mut analyser = Analyser::new(example(), 2, HolderKind::Singleton);
+        let mut worker = Worker::new(running(), EXAMPLE.as_bytes().to_vec(), 1, 0);
+        let mut analyser = Analyser::new(running(), 2, HolderKind::Singleton);
         let steps = 300; // 100 ms each; a worker's clock advances on its tick
         let mut recorded = 0;
         for step in 1..=steps {

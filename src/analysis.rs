@@ -2,7 +2,7 @@
 //! state and the metric results of one check, it returns the next state and the events to log.
 
 use crate::checks::{num, MetricResult, Verdict};
-use crate::config::{Config, Steps};
+use crate::config::{Config, RestartPolicy, Steps};
 use crate::state::{CanaryState, Phase};
 use std::fmt;
 
@@ -37,6 +37,48 @@ pub enum Event {
         threshold: u32,
         from: u8,
     },
+    /// `restartPolicy: hold` and no approval: phase Waiting at weight 0.
+    Held {
+        cause: Cause,
+        /// An `approvedUntil` that has already passed (named in the log: a common mistake).
+        expired: Option<String>,
+    },
+    /// The analysis may start without a state for this revision (followed by `Started`).
+    Released {
+        cause: Cause,
+        by: Release,
+    },
+}
+
+/// Why the analyser had no running state for the configured revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// No state in shared data: a first load or a restarted proxy (they look the same).
+    Absent,
+    /// A state that does not decode (corrupt, or from an incompatible module): it may have
+    /// been `Failed`, so it is treated as no state.
+    Unreadable,
+    /// This revision was held in phase Waiting.
+    Waiting,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Cause::Absent => "no analysis state (first load or proxy restart)",
+            Cause::Unreadable => "analysis state unreadable (treated as no state)",
+            Cause::Waiting => "held since a first load or proxy restart",
+        })
+    }
+}
+
+/// What lets an analysis start without a state for its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// `approvedUntil` (as configured) is in the future.
+    Approved(String),
+    /// `restartPolicy: restart`.
+    RestartPolicy,
 }
 
 /// A decision, ready to log: `canary web rev v2: advance weight 10 -> 20`.
@@ -72,6 +114,20 @@ impl fmt::Display for Logged<'_> {
                 "rolling back, {} (failed checks {failed}/{threshold}), weight {from} -> 0, phase Failed",
                 reasons.join(", ")
             ),
+            Event::Held { cause, expired } => {
+                write!(f, "halt advancement, waiting for approval: {cause}, and restartPolicy hold keeps the canary at weight 0 in phase Waiting until the revision changes or approvedUntil is a time in the future (RFC 3339)")?;
+                match expired {
+                    Some(t) => write!(f, "; approvedUntil {t} has passed"),
+                    None => Ok(()),
+                }
+            }
+            Event::Released { cause, by } => {
+                let by = match by {
+                    Release::Approved(t) => format!("approved until {t}"),
+                    Release::RestartPolicy => "restartPolicy restart".to_string(),
+                };
+                write!(f, "{cause}, {by}: starting the analysis")
+            }
         }
     }
 }
@@ -91,6 +147,80 @@ pub fn start(cfg: &Config, now_ms: u64) -> (CanaryState, Vec<Event>) {
             weight: state.weight,
         }],
     )
+}
+
+/// What the analyser found in shared data for this canary.
+#[derive(Debug, Clone, Copy)]
+pub enum Found<'a> {
+    /// No state (absent key or empty value).
+    Nothing,
+    /// A value that does not decode.
+    Unreadable,
+    State(&'a CanaryState),
+}
+
+/// The analyser's decision on each tick, before any check.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// Go on with this state (checks run when due; a held or finished one stays as it is).
+    Keep(CanaryState),
+    /// Write this state (compare-and-swap on what was found) and log these events.
+    Write(CanaryState, Vec<Event>),
+}
+
+/// Starts, holds or keeps the configured revision's analysis given what shared data holds.
+///
+/// A process cannot tell its first load from a restart (shared data does not survive one), and
+/// a restarted process may have rolled this revision back. So without a state the analysis
+/// starts only when `approvedUntil` is in the future or `restartPolicy` is `restart`; otherwise
+/// it waits at weight 0. A state of another revision means this process saw an earlier
+/// revision: this one is new and starts. A state of this revision is kept (a `Failed` one stays
+/// failed whatever the approval says); only a `Waiting` one starts once approved.
+pub fn resume(cfg: &Config, found: Found, now_ms: u64) -> Resume {
+    let cause = match found {
+        Found::State(s) if s.revision != cfg.revision => {
+            let (next, events) = start(cfg, now_ms);
+            return Resume::Write(next, events);
+        }
+        Found::State(s) if s.phase != Phase::Waiting => return Resume::Keep(s.clone()),
+        Found::State(_) => Cause::Waiting,
+        Found::Nothing => Cause::Absent,
+        Found::Unreadable => Cause::Unreadable,
+    };
+    match release(cfg, now_ms) {
+        Some(by) => {
+            let (next, mut events) = start(cfg, now_ms);
+            events.insert(0, Event::Released { cause, by });
+            Resume::Write(next, events)
+        }
+        None => match found {
+            Found::State(s) => Resume::Keep(s.clone()),
+            _ => {
+                let mut waiting = CanaryState::new(&cfg.revision, now_ms);
+                waiting.phase = Phase::Waiting;
+                Resume::Write(waiting, vec![held(cfg, cause)])
+            }
+        },
+    }
+}
+
+/// The event of a revision held in phase Waiting.
+pub fn held(cfg: &Config, cause: Cause) -> Event {
+    Event::Held {
+        cause,
+        // Without a release, a configured approval has passed.
+        expired: cfg.approved_until.as_ref().map(|a| a.text.clone()),
+    }
+}
+
+/// What allows an analysis to start without a state, if anything. An unknown clock (0) never
+/// counts as before the approval's end.
+pub fn release(cfg: &Config, now_ms: u64) -> Option<Release> {
+    match &cfg.approved_until {
+        Some(a) if now_ms > 0 && now_ms < a.until_ms => Some(Release::Approved(a.text.clone())),
+        _ if cfg.restart_policy == RestartPolicy::Restart => Some(Release::RestartPolicy),
+        _ => None,
+    }
 }
 
 /// Whether a check is due: the analysis is running, not suspended, and an interval has passed
@@ -392,5 +522,187 @@ mod tests {
         let (s, _) = check(&cfg, &s, &healthy(&cfg), 6_010);
         assert!(!is_due(&cfg, &s, 7_000));
         assert!(is_due(&cfg, &s, 7_010));
+    }
+
+    // ---- resume: start, hold or keep ------------------------------------------------------
+
+    const NOON: u64 = 1_795_348_800_000; // 2026-11-22T12:00:00Z
+
+    fn approved(until: &str) -> Config {
+        with("/approvedUntil", Some(until.into())).unwrap()
+    }
+
+    fn stored(phase: Phase, revision: &str, weight: u8) -> CanaryState {
+        CanaryState {
+            phase,
+            weight,
+            ..CanaryState::new(revision, 1_000)
+        }
+    }
+
+    fn written(r: Resume) -> (CanaryState, Vec<Event>) {
+        match r {
+            Resume::Write(s, e) => (s, e),
+            Resume::Keep(s) => panic!("kept {s:?}"),
+        }
+    }
+
+    #[test]
+    fn no_state_with_hold_writes_waiting_at_weight_zero_and_says_how_to_proceed() {
+        let cfg = example(); // restartPolicy defaults to hold
+        for (found, cause) in [
+            (Found::Nothing, Cause::Absent),
+            (Found::Unreadable, Cause::Unreadable),
+        ] {
+            let (s, e) = written(resume(&cfg, found, NOON));
+            assert_eq!(
+                (s.revision.as_str(), s.phase, s.weight),
+                ("v2", Phase::Waiting, 0)
+            );
+            assert_eq!((s.started_ms, s.last_check_ms), (NOON, NOON));
+            assert_eq!(
+                e,
+                vec![Event::Held {
+                    cause,
+                    expired: None
+                }]
+            );
+        }
+        let (_, e) = written(resume(&cfg, Found::Nothing, NOON));
+        assert_eq!(
+            text(&cfg, &e[0]),
+            "canary web rev v2: halt advancement, waiting for approval: no analysis state (first load or proxy restart), and restartPolicy hold keeps the canary at weight 0 in phase Waiting until the revision changes or approvedUntil is a time in the future (RFC 3339)"
+        );
+    }
+
+    #[test]
+    fn no_state_starts_with_restart_policy_or_a_current_approval() {
+        let restart = with("/restartPolicy", Some("restart".into())).unwrap();
+        let (s, e) = written(resume(&restart, Found::Nothing, NOON));
+        assert_eq!((s.phase, s.weight), (Phase::Progressing, 1));
+        assert_eq!(
+            e,
+            vec![
+                Event::Released {
+                    cause: Cause::Absent,
+                    by: Release::RestartPolicy
+                },
+                Event::Started { weight: 1 }
+            ]
+        );
+        assert_eq!(
+            text(&restart, &e[0]),
+            "canary web rev v2: no analysis state (first load or proxy restart), restartPolicy restart: starting the analysis"
+        );
+        let cfg = approved("2026-11-22T12:00:00.001Z");
+        let (s, e) = written(resume(&cfg, Found::Nothing, NOON));
+        assert_eq!(s.phase, Phase::Progressing);
+        assert_eq!(
+            text(&cfg, &e[0]),
+            "canary web rev v2: no analysis state (first load or proxy restart), approved until 2026-11-22T12:00:00.001Z: starting the analysis"
+        );
+    }
+
+    #[test]
+    fn an_approval_ends_at_its_time_and_never_on_an_unknown_clock() {
+        let cfg = approved("2026-11-22T12:00:00Z");
+        assert!(release(&cfg, NOON - 1).is_some());
+        assert_eq!(release(&cfg, NOON), None, "the end is exclusive");
+        assert_eq!(release(&cfg, 0), None, "a clock reading 0 is no clock");
+        let (s, e) = written(resume(&cfg, Found::Nothing, NOON + 1));
+        assert_eq!(s.phase, Phase::Waiting);
+        assert!(
+            text(&cfg, &e[0]).ends_with("; approvedUntil 2026-11-22T12:00:00Z has passed"),
+            "{}",
+            text(&cfg, &e[0])
+        );
+        // An approval in effect wins over hold, and is named rather than the policy.
+        let both = with("/restartPolicy", Some("restart".into())).unwrap();
+        let both = Config {
+            approved_until: cfg.approved_until.clone(),
+            ..both
+        };
+        assert!(matches!(
+            release(&both, NOON - 1),
+            Some(Release::Approved(_))
+        ));
+        assert_eq!(release(&both, NOON), Some(Release::RestartPolicy));
+    }
+
+    #[test]
+    fn waiting_stays_until_approved_then_starts_from_the_first_step() {
+        let waiting = stored(Phase::Waiting, "v2", 0);
+        assert_eq!(
+            resume(&example(), Found::State(&waiting), NOON),
+            Resume::Keep(waiting.clone())
+        );
+        let cfg = approved("2026-11-22T13:00:00+01:00");
+        assert_eq!(
+            resume(&cfg, Found::State(&waiting), NOON),
+            Resume::Keep(waiting.clone()),
+            "13:00+01:00 is noon UTC: over"
+        );
+        let cfg = approved("2026-11-22T13:00:00Z");
+        let (s, e) = written(resume(&cfg, Found::State(&waiting), NOON));
+        assert_eq!(
+            (s.phase, s.weight, s.started_ms),
+            (Phase::Progressing, 1, NOON)
+        );
+        assert_eq!(
+            e[0],
+            Event::Released {
+                cause: Cause::Waiting,
+                by: Release::Approved("2026-11-22T13:00:00Z".into())
+            }
+        );
+        // Switching the policy to restart is an explicit choice too.
+        let restart = with("/restartPolicy", Some("restart".into())).unwrap();
+        let (s, _) = written(resume(&restart, Found::State(&waiting), NOON));
+        assert_eq!(s.phase, Phase::Progressing);
+    }
+
+    #[test]
+    fn another_revision_starts_and_this_revisions_state_is_kept_whatever_the_policy() {
+        for other in [
+            Phase::Waiting,
+            Phase::Failed,
+            Phase::Succeeded,
+            Phase::Progressing,
+        ] {
+            let (s, e) = written(resume(
+                &example(),
+                Found::State(&stored(other, "v1", 0)),
+                NOON,
+            ));
+            assert_eq!(
+                (s.revision.as_str(), s.phase, s.weight),
+                ("v2", Phase::Progressing, 1)
+            );
+            assert_eq!(
+                e,
+                vec![Event::Started { weight: 1 }],
+                "a new revision needs no approval"
+            );
+        }
+        let restart = Config {
+            approved_until: approved("2026-11-22T13:00:00Z").approved_until,
+            ..with("/restartPolicy", Some("restart".into())).unwrap()
+        };
+        for phase in [
+            Phase::Failed,
+            Phase::Succeeded,
+            Phase::Progressing,
+            Phase::Promoting,
+        ] {
+            let s = stored(phase, "v2", 30);
+            assert_eq!(
+                resume(&restart, Found::State(&s), NOON),
+                Resume::Keep(s.clone())
+            );
+            assert_eq!(
+                resume(&example(), Found::State(&s), NOON),
+                Resume::Keep(s.clone())
+            );
+        }
     }
 }

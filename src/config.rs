@@ -6,6 +6,7 @@
 
 use crate::duration::parse_millis;
 use crate::matcher::{MatchRule, StringMatch};
+use crate::timestamp::parse_rfc3339_ms;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -59,6 +60,27 @@ pub enum Role {
     Analyser,
 }
 
+/// What an analyser does when shared data holds no analysis state for the canary: a first
+/// load and a restarted proxy look the same (Envoy keeps no Wasm state across restarts), and a
+/// restarted proxy may have rolled this revision back before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Phase `Waiting` at weight 0 until the revision changes or an approval is in effect.
+    #[default]
+    Hold,
+    /// Start the analysis from the first step (the revision may get traffic again).
+    Restart,
+}
+
+/// `approvedUntil`: while the host clock is before it, a missing state may start the analysis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// As configured, for the logs.
+    pub text: String,
+    /// Unix epoch milliseconds.
+    pub until_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub name: String,
@@ -68,6 +90,8 @@ pub struct Config {
     pub analysis: Analysis,
     pub skip_analysis: bool,
     pub suspend: bool,
+    pub restart_policy: RestartPolicy,
+    pub approved_until: Option<Approval>,
 }
 
 /// What a root context was configured as.
@@ -195,6 +219,10 @@ struct RawConfig {
     #[serde(default)]
     suspend: bool,
     #[serde(default)]
+    restart_policy: Option<String>,
+    #[serde(default)]
+    approved_until: Option<String>,
+    #[serde(default)]
     role: Role,
 }
 
@@ -320,6 +348,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let upstreams = check_upstreams(raw.upstreams)?;
     let affinity = check_affinity(raw.session_affinity)?;
     let analysis = check_analysis(raw.analysis)?;
+    let restart_policy = match raw.restart_policy.as_deref() {
+        None | Some("hold") => RestartPolicy::Hold,
+        Some("restart") => RestartPolicy::Restart,
+        Some(other) => {
+            return err(
+                "restartPolicy",
+                format!("{other:?} must be \"hold\" (the default) or \"restart\""),
+            )
+        }
+    };
+    let approved_until = raw.approved_until.map(check_approval).transpose()?;
     if raw.role == Role::Analyser {
         return err("role", "\"analyser\" takes no other fields: use {\"role\": \"analyser\"} for the bootstrap singleton");
     }
@@ -331,7 +370,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         analysis,
         skip_analysis: raw.skip_analysis,
         suspend: raw.suspend,
+        restart_policy,
+        approved_until,
     })
+}
+
+fn check_approval(text: String) -> Result<Approval, ConfigError> {
+    match parse_rfc3339_ms(&text) {
+        Some(until_ms) => Ok(Approval { text, until_ms }),
+        None => err(
+            "approvedUntil",
+            format!("{text:?} is not an RFC 3339 time after 1970 such as \"2026-11-22T12:00:00Z\" (Z or a numeric offset like +01:00)"),
+        ),
+    }
 }
 
 fn check_name(name: &str) -> Result<String, ConfigError> {
@@ -1004,6 +1055,81 @@ pub(crate) mod tests {
         let c = parse(v.to_string().as_bytes()).unwrap();
         assert_eq!(c.analysis.steps, Steps::Iterations(5));
         assert_eq!(c.analysis.steps.first_weight(), 0);
+    }
+
+    #[test]
+    fn restart_policy_defaults_to_hold() {
+        assert_eq!(example().restart_policy, RestartPolicy::Hold);
+        assert_eq!(example().approved_until, None);
+        let c = with("/restartPolicy", Some("restart".into())).unwrap();
+        assert_eq!(c.restart_policy, RestartPolicy::Restart);
+        let c = with("/restartPolicy", Some("hold".into())).unwrap();
+        assert_eq!(c.restart_policy, RestartPolicy::Hold);
+        rejects("/restartPolicy", "Hold".into(), "restartPolicy", "\"Hold\"");
+        rejects(
+            "/restartPolicy",
+            "always".into(),
+            "restartPolicy",
+            "\"always\" must be \"hold\" (the default) or \"restart\"",
+        );
+        rejects("/restartPolicy", true.into(), "restartPolicy", "true");
+    }
+
+    #[test]
+    fn approved_until_takes_rfc3339_times_with_z_or_an_offset() {
+        let at = |text: &str| {
+            with("/approvedUntil", Some(text.into())).map(|c| c.approved_until.unwrap().until_ms)
+        };
+        let noon = at("2026-11-22T12:00:00Z").unwrap();
+        assert_eq!(noon, 1_795_348_800_000);
+        assert_eq!(
+            with("/approvedUntil", Some("2026-11-22T12:00:00Z".into()))
+                .unwrap()
+                .approved_until
+                .unwrap()
+                .text,
+            "2026-11-22T12:00:00Z",
+            "kept as written, for the logs"
+        );
+        assert_eq!(at("2026-11-22T14:00:00+02:00"), Ok(noon));
+        assert_eq!(at("2026-11-22T06:30:00-05:30"), Ok(noon));
+        assert_eq!(at("2026-11-22T12:00:00.250Z"), Ok(noon + 250));
+        // Leap days: 2028 and 2000 have one, 2027 and 2100 do not.
+        assert_eq!(
+            at("2028-03-01T00:00:00Z").unwrap() - at("2028-02-29T00:00:00Z").unwrap(),
+            86_400_000
+        );
+        assert!(at("2000-02-29T23:59:59Z").is_ok());
+        for bad in [
+            "2027-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2026-11-22T12:00:00",
+            "2026-11-22 12:00:00Z",
+            "2026-11-22T12:00:00+0200",
+            "2026-11-22T12:00:00 UTC",
+            "22/11/2026 12:00",
+            "1969-12-31T23:59:59Z",
+            "",
+        ] {
+            rejects(
+                "/approvedUntil",
+                bad.into(),
+                "approvedUntil",
+                &format!("{bad:?}"),
+            );
+        }
+        rejects(
+            "/approvedUntil",
+            "tomorrow".into(),
+            "approvedUntil",
+            "RFC 3339",
+        );
+        rejects(
+            "/approvedUntil",
+            1_795_348_800.into(),
+            "approvedUntil",
+            "1795348800",
+        );
     }
 
     #[test]

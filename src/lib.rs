@@ -1,7 +1,7 @@
 //! canary-guard: in-proxy canary routing with a Flagger-compatible analysis and rollback.
 //!
 //! Pure core (no host calls, unit-tested natively):
-//! - [`config`]: plugin configuration parsing and validation
+//! - [`config`] and [`timestamp`]: plugin configuration parsing and validation
 //! - [`routing`] and [`matcher`]: the per-request stable/canary decision
 //! - [`tally`] and [`histogram`]: outcome tallies, time buckets, windows and their codec
 //! - [`checks`] and [`analysis`]: metric judgement and the analysis state machine
@@ -28,6 +28,7 @@ pub mod routing;
 pub mod slots;
 pub mod state;
 pub mod tally;
+pub mod timestamp;
 pub mod worker;
 
 #[cfg(target_arch = "wasm32")]

@@ -19,6 +19,9 @@ pub enum Reason {
     NoState,
     /// The analysis rolled this revision back.
     Failed,
+    /// No analysis state was found for this revision (first load or restart) and it is held at
+    /// weight 0 until the revision changes or an approval is in effect.
+    Waiting,
     /// The canary was promoted: all traffic.
     Promoted,
     /// An A/B `match` rule selected the canary.
@@ -63,6 +66,7 @@ pub fn decide(
     match state.phase {
         Phase::Initializing => return Decision::new(Side::Stable, Reason::NoState),
         Phase::Failed => return Decision::new(Side::Stable, Reason::Failed),
+        Phase::Waiting => return Decision::new(Side::Stable, Reason::Waiting),
         Phase::Succeeded => return Decision::new(Side::Canary, Reason::Promoted),
         Phase::Progressing | Phase::Promoting => {}
     }
@@ -231,6 +235,24 @@ mod tests {
         );
         let d = decide(&cfg, Some(&state(Phase::Succeeded, 0)), &mut no_headers, 99);
         assert_eq!((d.side, d.reason), (Side::Canary, Reason::Promoted));
+    }
+
+    #[test]
+    fn waiting_canary_gets_nothing_not_even_match_traffic() {
+        let cfg = example();
+        let mut insider = |n: &str| {
+            (n == "x-canary")
+                .then(|| b"insider".to_vec())
+                .or_else(|| (n == "x-user-id").then(|| b"user-1".to_vec()))
+        };
+        let waiting = state(Phase::Waiting, 0);
+        for r in 0..1000 {
+            let d = decide(&cfg, Some(&waiting), &mut insider, r);
+            assert_eq!((d.side, d.reason), (Side::Stable, Reason::Waiting));
+        }
+        // Even a Waiting state carrying a weight (rejected by the codec) routes to stable.
+        let d = decide(&cfg, Some(&state(Phase::Waiting, 100)), &mut insider, 0);
+        assert_eq!((d.side, d.reason), (Side::Stable, Reason::Waiting));
     }
 
     #[test]

@@ -25,17 +25,25 @@ const NAME: &str = "web";
 /// `config()`'s analysis interval.
 const INTERVAL_MS: u64 = 500;
 
-/// EXAMPLE with short intervals (checks every 500 ms over 2 s windows, minRequests 5), then the
-/// given (JSON pointer, value) replacements.
+/// EXAMPLE with short intervals (checks every 500 ms over 2 s windows, minRequests 5) and
+/// `restartPolicy: restart` (as envoy/envoy.yaml ships: a fresh store starts the analysis), then
+/// the given (JSON pointer, value) replacements or additions.
 fn config(edits: &[(&str, Value)]) -> String {
     let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+    v["restartPolicy"] = "restart".into();
     v["analysis"]["interval"] = "500ms".into();
     v["analysis"]["minRequests"] = 5.into();
     for m in v["analysis"]["metrics"].as_array_mut().unwrap() {
         m["interval"] = "2s".into();
     }
     for (pointer, value) in edits {
-        *v.pointer_mut(pointer).unwrap() = value.clone();
+        match v.pointer_mut(pointer) {
+            Some(slot) => *slot = value.clone(),
+            None => {
+                let (parent, key) = pointer.rsplit_once('/').unwrap();
+                v.pointer_mut(parent).unwrap()[key] = value.clone();
+            }
+        }
     }
     v.to_string()
 }
@@ -90,14 +98,20 @@ struct Sim {
 
 impl Sim {
     fn new(mode: Mode, workers: usize, raw: &str) -> Sim {
+        Sim::starting_at(0, mode, workers, raw)
+    }
+
+    /// A fresh proxy process (empty shared data) whose clock reads `now` (Unix epoch ms).
+    fn starting_at(now: u64, mode: Mode, workers: usize, raw: &str) -> Sim {
         let mut sim = Sim {
             store: FakeStore::default(),
             tel: FakeTelemetry::default(),
-            now: 0,
+            now,
             rng: 0x9e37_79b9_7f4a_7c15,
             tokens: 0,
             nodes: Vec::new(),
-            singleton: (mode == Mode::Singleton).then(|| (Singleton::new(SINGLETON_TOKEN), 5)),
+            singleton: (mode == Mode::Singleton)
+                .then(|| (Singleton::new(SINGLETON_TOKEN), now + 5)),
             backend: Backend {
                 stable_5xx_pct: 0,
                 canary_5xx_pct: 0,
@@ -750,4 +764,247 @@ fn draining_contexts_with_the_old_configuration_do_not_restart_the_new_analysis(
     sim.run(15_000);
     assert_eq!(sim.weights("v3"), FIRST_TO_LAST);
     assert!(!sim.tel.logged("revision v3 -> v2"), "{:?}", sim.history);
+}
+
+// ---- restart behaviour: a fresh process finds no state ------------------------------------
+
+/// `approvedUntil` at `ms` after the epoch (the simulated clock starts there).
+fn approved_until(ms: u64) -> Value {
+    let s = ms / 1000;
+    format!(
+        "1970-01-01T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+    .into()
+}
+
+const HELD: &str = "canary web rev v2: halt advancement, waiting for approval: no analysis state (first load or proxy restart), and restartPolicy hold keeps the canary at weight 0 in phase Waiting until the revision changes or approvedUntil is a time in the future";
+
+/// Runs `ms` of traffic and returns what the canary got while the state said Waiting (and
+/// asserts it stayed Waiting at weight 0 with the phase gauge saying so).
+fn assert_held(sim: &mut Sim, ms: u64) {
+    assert!(
+        sim.run_until(2_000, |s| s.phase() == Some(Phase::Waiting)),
+        "{:?}",
+        sim.history
+    );
+    let before = sim.sent;
+    sim.run(ms);
+    let s = sim.state().unwrap();
+    assert_eq!(
+        (s.revision.as_str(), s.phase, s.weight),
+        ("v2", Phase::Waiting, 0)
+    );
+    assert_eq!(
+        sim.tel.gauge_of(NAME, Stat::Phase),
+        Some(Phase::Waiting as u64)
+    );
+    assert_eq!(sim.tel.gauge_of(NAME, Stat::Weight), Some(0));
+    assert!(sim.sent.stable_requests > before.stable_requests + 1_000);
+    assert_eq!(sim.sent.canary_requests, 0, "a held canary got traffic");
+    assert_eq!(sim.counter(Stat::Checks), 0);
+    assert_eq!(sim.log_count("starting analysis"), 0);
+}
+
+#[test]
+fn fresh_process_with_hold_waits_at_weight_zero_in_both_analyser_modes() {
+    for mode in [Mode::Singleton, Mode::Leader] {
+        let mut sim = Sim::new(mode, 4, &config(&[("/restartPolicy", "hold".into())]));
+        assert_held(&mut sim, 5_000);
+        assert_eq!(sim.log_count(HELD), 1, "logged once: {:?}", sim.tel.logs);
+        assert!(!sim.tel.logged("has passed"), "no approval configured");
+        assert_eq!(sim.history, vec![("v2".to_string(), Phase::Waiting, 0)]);
+    }
+}
+
+#[test]
+fn default_policy_is_hold() {
+    let mut v: Value = serde_json::from_str(&config(&[])).unwrap();
+    v.as_object_mut().unwrap().remove("restartPolicy");
+    let mut sim = Sim::new(Mode::Singleton, 2, &v.to_string());
+    assert_held(&mut sim, 1_000);
+}
+
+#[test]
+fn fresh_process_with_an_approval_in_the_future_runs_the_analysis() {
+    for mode in [Mode::Singleton, Mode::Leader] {
+        let raw = config(&[
+            ("/restartPolicy", "hold".into()),
+            ("/approvedUntil", approved_until(3_600_000)),
+        ]);
+        let mut sim = Sim::new(mode, 4, &raw);
+        assert!(
+            sim.run_until(15_000, |s| s.phase() == Some(Phase::Succeeded)),
+            "{:?}",
+            sim.history
+        );
+        assert_eq!(sim.weights("v2"), FIRST_TO_LAST);
+        assert_eq!(sim.log_count("canary web rev v2: no analysis state (first load or proxy restart), approved until 1970-01-01T01:00:00Z: starting the analysis"), 1);
+        assert!(!sim.history.iter().any(|h| h.1 == Phase::Waiting));
+    }
+}
+
+#[test]
+fn an_approval_passing_mid_analysis_does_not_stop_it() {
+    // Approved for the first second only: the start, not the rest, needs the approval.
+    let raw = config(&[
+        ("/restartPolicy", "hold".into()),
+        ("/approvedUntil", approved_until(1_000)),
+    ]);
+    let mut sim = Sim::new(Mode::Singleton, 4, &raw);
+    assert!(
+        sim.run_until(15_000, |s| s.phase() == Some(Phase::Succeeded)),
+        "{:?}",
+        sim.history
+    );
+    assert!(sim.now > 2_000, "the analysis outlived the approval");
+    assert_eq!(sim.weights("v2"), FIRST_TO_LAST);
+    assert!(!sim.tel.logged("waiting for approval"));
+}
+
+/// The story of the issue: a revision is rolled back, then the proxy restarts on the same
+/// configuration. Returns the rolled-back run's end time.
+fn rolled_back(raw: &str) -> u64 {
+    let mut sim = Sim::new(Mode::Singleton, 4, raw);
+    sim.backend.canary_5xx_pct = 30;
+    assert!(
+        sim.run_until(10_000, |s| s.phase() == Some(Phase::Failed)),
+        "{:?}",
+        sim.history
+    );
+    sim.now
+}
+
+#[test]
+fn restart_after_a_rollback_holds_once_the_approval_has_passed() {
+    let raw = config(&[
+        ("/restartPolicy", "hold".into()),
+        ("/approvedUntil", approved_until(30_000)),
+    ]);
+    let failed_at = rolled_back(&raw);
+    assert!(failed_at < 30_000);
+    // Restarted inside the approval window: the approval re-runs the analysis (the documented
+    // meaning of approvedUntil), from the first step.
+    let mut inside = Sim::starting_at(failed_at + 1_000, Mode::Singleton, 4, &raw);
+    assert!(inside.run_until(2_000, |s| s.weight() == 1));
+    assert_eq!(inside.phase(), Some(Phase::Progressing));
+    // Restarted after it: held, and the log says the approval has passed.
+    for mode in [Mode::Singleton, Mode::Leader] {
+        let mut after = Sim::starting_at(60_000, mode, 4, &raw);
+        after.backend.canary_5xx_pct = 30;
+        assert_held(&mut after, 5_000);
+        assert!(after
+            .tel
+            .logged("until the revision changes or approvedUntil is a time in the future (RFC 3339); approvedUntil 1970-01-01T00:00:30Z has passed"));
+    }
+}
+
+#[test]
+fn restart_policy_restart_sends_a_rolled_back_revision_traffic_again() {
+    // The documented risk of `restart`: a fresh process cannot know the revision failed.
+    let raw = config(&[]);
+    let failed_at = rolled_back(&raw);
+    let mut after = Sim::starting_at(failed_at + 60_000, Mode::Singleton, 4, &raw);
+    assert!(after.run_until(3_000, |s| s.sent.canary_requests > 0));
+    assert_eq!(after.phase(), Some(Phase::Progressing));
+    assert_eq!(after.log_count("canary web rev v2: no analysis state (first load or proxy restart), restartPolicy restart: starting the analysis"), 1);
+    assert_eq!(
+        after.log_count("canary web rev v2: starting analysis, phase Progressing, weight 0 -> 1"),
+        1
+    );
+}
+
+#[test]
+fn waiting_canary_starts_on_a_new_revision_or_a_fresh_approval() {
+    for mode in [Mode::Singleton, Mode::Leader] {
+        let hold = config(&[("/restartPolicy", "hold".into())]);
+        // A new revision: a real change (this process saw v2), analysed from the first step.
+        let mut sim = Sim::new(mode, 4, &hold);
+        assert_held(&mut sim, 1_000);
+        sim.reconfigure_all(&config(&[
+            ("/restartPolicy", "hold".into()),
+            ("/revision", "v3".into()),
+        ]));
+        assert!(
+            sim.run_until(15_000, |s| s.phase() == Some(Phase::Succeeded)),
+            "{:?}",
+            sim.history
+        );
+        assert!(sim
+            .tel
+            .logged("canary web: revision v2 -> v3, previous phase Waiting"));
+        assert_eq!(sim.weights("v3"), FIRST_TO_LAST);
+
+        // The same revision with an approval that has passed: still held, and said so once.
+        let mut sim = Sim::new(mode, 4, &hold);
+        assert_held(&mut sim, 1_000);
+        let expired = config(&[
+            ("/restartPolicy", "hold".into()),
+            ("/approvedUntil", approved_until(1_000)),
+        ]);
+        sim.reconfigure_all(&expired);
+        assert_held(&mut sim, 3_000);
+        assert_eq!(
+            sim.log_count("canary web rev v2: halt advancement, waiting for approval: held since a first load or proxy restart"),
+            1,
+            "{:?}",
+            sim.tel.logs
+        );
+        assert!(sim
+            .tel
+            .logged("approvedUntil 1970-01-01T00:00:01Z has passed"));
+        // Then with an approval in the future: it starts from the first step.
+        sim.reconfigure_all(&config(&[
+            ("/restartPolicy", "hold".into()),
+            ("/approvedUntil", approved_until(3_600_000)),
+        ]));
+        assert!(
+            sim.run_until(15_000, |s| s.phase() == Some(Phase::Succeeded)),
+            "{:?}",
+            sim.history
+        );
+        assert_eq!(sim.weights("v2"), [0, 1, 5, 10, 25, 50, 100]);
+        assert_eq!(sim.log_count("canary web rev v2: held since a first load or proxy restart, approved until 1970-01-01T01:00:00Z: starting the analysis"), 1);
+    }
+}
+
+#[test]
+fn failed_revision_stays_failed_whatever_the_approval_or_policy_say() {
+    let raw = config(&[]);
+    let mut sim = Sim::new(Mode::Singleton, 4, &raw);
+    sim.backend.canary_5xx_pct = 30;
+    assert!(sim.run_until(10_000, |s| s.phase() == Some(Phase::Failed)));
+    for reapplied in [
+        config(&[("/approvedUntil", approved_until(3_600_000))]),
+        config(&[
+            ("/restartPolicy", "hold".into()),
+            ("/approvedUntil", approved_until(3_600_000)),
+        ]),
+    ] {
+        sim.reconfigure_all(&reapplied);
+        sim.run(3_000);
+        assert_eq!((sim.phase(), sim.weight()), (Some(Phase::Failed), 0));
+    }
+    assert_eq!(sim.log_count("singleton analyser picked up"), 3);
+    assert_eq!(sim.log_count("starting analysis"), 1);
+    assert!(sim.sent_after_failed.stable_requests > 5_000);
+    assert_eq!(sim.sent_after_failed.canary_requests, 0);
+}
+
+#[test]
+fn unreadable_state_is_held_like_no_state() {
+    // It may have been Failed: with hold, an unreadable state does not restart the analysis.
+    let mut sim = Sim::new(
+        Mode::Singleton,
+        4,
+        &config(&[("/restartPolicy", "hold".into())]),
+    );
+    sim.store.put(&Keys::new(NAME).state, b"CGst\x01garbage");
+    assert_held(&mut sim, 2_000);
+    assert_eq!(
+        sim.log_count("canary web rev v2: halt advancement, waiting for approval: analysis state unreadable (treated as no state), and restartPolicy hold"),
+        1
+    );
 }

@@ -11,6 +11,10 @@ pub enum Phase {
     Promoting = 2,
     Succeeded = 3,
     Failed = 4,
+    /// Flagger's "waiting for approval": no analysis state was found (first load or a restarted
+    /// proxy) and `restartPolicy` is `hold`; weight 0 until the revision changes or an approval
+    /// (`approvedUntil`) is in effect.
+    Waiting = 5,
 }
 
 impl Phase {
@@ -21,6 +25,7 @@ impl Phase {
             2 => Phase::Promoting,
             3 => Phase::Succeeded,
             4 => Phase::Failed,
+            5 => Phase::Waiting,
             _ => return None,
         })
     }
@@ -32,6 +37,7 @@ impl Phase {
             Phase::Promoting => "Promoting",
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
+            Phase::Waiting => "Waiting",
         }
     }
 
@@ -87,7 +93,8 @@ impl CanaryState {
     }
 
     /// Decodes and validates; any corruption (bad magic/version, truncation, trailing bytes,
-    /// weight over 100, unknown phase, a stored Initializing) gives `None`.
+    /// weight over 100, unknown phase, a stored Initializing, a weight on a Waiting canary)
+    /// gives `None`.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader::with_header(bytes, MAGIC, VERSION)?;
         let s = CanaryState {
@@ -102,6 +109,7 @@ impl CanaryState {
         let valid = r.is_done()
             && s.weight <= 100
             && s.phase != Phase::Initializing
+            && !(s.phase == Phase::Waiting && s.weight != 0)
             && !s.revision.is_empty()
             && s.last_check_ms >= s.started_ms;
         valid.then_some(s)
@@ -153,5 +161,26 @@ mod tests {
         let mut phase = good;
         phase[weight_at - 1] = 9;
         assert_eq!(CanaryState::decode(&phase), None);
+    }
+
+    #[test]
+    fn waiting_round_trips_only_at_weight_zero() {
+        let waiting = CanaryState {
+            phase: Phase::Waiting,
+            weight: 0,
+            ..sample()
+        };
+        assert_eq!(Phase::from_u8(5), Some(Phase::Waiting));
+        assert_eq!(Phase::Waiting.name(), "Waiting");
+        assert!(!Phase::Waiting.is_running());
+        assert_eq!(
+            CanaryState::decode(&waiting.encode()),
+            Some(waiting.clone())
+        );
+        let weighted = CanaryState {
+            weight: 10,
+            ..waiting
+        };
+        assert_eq!(CanaryState::decode(&weighted.encode()), None);
     }
 }
