@@ -7,6 +7,7 @@ mod host_impl;
 use crate::analyser::{Analyser, Singleton};
 use crate::config::{parse_plugin, Plugin};
 use crate::routing::{mix64, Side};
+use crate::tally::status_from_header;
 use crate::worker::Worker;
 use host_impl::{HostStore, HostTelemetry};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -203,9 +204,8 @@ impl HttpContext for Http {
         // Local replies (503 no upstream, 504 timeout) pass here too. Reading `:status` here
         // costs far less than the `response.code` property at stream end.
         if self.side.is_some() {
-            self.status = ffi::header(ffi::RESPONSE_HEADERS, ":status")
-                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
-                .unwrap_or(0);
+            self.status =
+                status_from_header(ffi::header(ffi::RESPONSE_HEADERS, ":status").as_deref());
         }
         if let Some(cookie) = self.set_cookie.take() {
             ffi::add_header(ffi::RESPONSE_HEADERS, "set-cookie", &cookie);
