@@ -144,6 +144,7 @@ def render_proxy_config(
     wasm_path: str,
     fail_open: bool = True,
     filter_config_override: Union[None, str, dict] = None,
+    canary_route_timeout: Optional[str] = None,
 ) -> dict:
     """envoy/envoy.yaml with only ports, the module path and plugin JSON changed.
 
@@ -153,6 +154,7 @@ def render_proxy_config(
     filter_config_override: the filter's configuration instead of plugin_cfg; a str
     is used verbatim (e.g. malformed JSON), a dict is serialised. The singleton
     still gets plugin_cfg.
+    canary_route_timeout: the canary route's timeout instead of the shipped 5s (e.g. "0.3s").
     """
     if mode not in ("singleton", "leader"):
         raise ValueError(f"mode must be 'singleton' or 'leader', not {mode!r}")
@@ -171,6 +173,11 @@ def render_proxy_config(
     else:
         filter_value = _compact(filter_config_override)
     wasm["configuration"]["value"] = filter_value
+
+    if canary_route_timeout is not None:
+        (route,) = [r for r in _hcm(ingress)["route_config"]["virtual_hosts"][0]["routes"]
+                    if r["name"] == "web-canary"]
+        route["route"]["timeout"] = canary_route_timeout
 
     for name, port in (("web-stable", stable_port), ("web-canary", canary_port)):
         lb = _cluster(cfg, name)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
@@ -436,19 +443,59 @@ class Backends(Envoy):
 
 
 class Proxy(Envoy):
-    """envoy/envoy.yaml with canary-guard, in front of a Backends."""
+    """envoy/envoy.yaml with canary-guard, in front of a Backends.
+
+    canary_port: point the web-canary cluster elsewhere than backends.canary_port (e.g. at a
+    second Backends that a test stops). canary_route_timeout: see render_proxy_config.
+
+    lds=True serves the listeners from a file through LDS instead of static_resources, so a
+    test can change them while Envoy runs (update_plugin_config, remove_listener,
+    push_listeners): Envoy creates new filter root contexts and drains the old listener (or
+    only its old filter chains, for a filter change) for drain_time_s. The static path stays
+    the default."""
 
     def __init__(self, workdir: Union[str, Path], backends: Backends, plugin_cfg: dict,
                  mode: str = "singleton", wasm: Optional[str] = None, name: str = "proxy",
                  concurrency: int = 2, fail_open: bool = True,
-                 filter_config_override: Union[None, str, dict] = None):
+                 filter_config_override: Union[None, str, dict] = None,
+                 canary_port: Optional[int] = None, canary_route_timeout: Optional[str] = None,
+                 lds: bool = False, drain_time_s: int = 1):
         self.listener_port = free_port()
         cfg = render_proxy_config(
             plugin_cfg, mode, admin_port=free_port(), listener_port=self.listener_port,
-            stable_port=backends.stable_port, canary_port=backends.canary_port,
+            stable_port=backends.stable_port,
+            canary_port=backends.canary_port if canary_port is None else canary_port,
             wasm_path=wasm or wasm_path(), fail_open=fail_open,
-            filter_config_override=filter_config_override)
-        super().__init__(cfg, workdir, name=name, concurrency=concurrency)
+            filter_config_override=filter_config_override,
+            canary_route_timeout=canary_route_timeout)
+        extra: list[str] = []
+        self.lds = lds
+        self.listeners: list[dict] = []
+        if lds:
+            self.listeners = cfg["static_resources"].pop("listeners")
+            lds_dir = Path(workdir) / f"{name}-lds"
+            lds_dir.mkdir(parents=True, exist_ok=True)
+            self.lds_path = lds_dir / "listeners.yaml"
+            cfg.setdefault("node", {"id": name, "cluster": "canary-guard-tests"})  # xDS needs one
+            cfg["dynamic_resources"] = {"lds_config": {
+                "resource_api_version": "V3",
+                # Envoy reloads `path` when a file is moved into the watched directory.
+                "path_config_source": {"path": str(self.lds_path),
+                                       "watched_directory": {"path": str(lds_dir)}},
+            }}
+            # A modified or removed listener (or filter chain) drains for this long before its
+            # filter contexts are destroyed (Envoy's default is 600 s). "immediate" asks every
+            # connection to close at its next response as the drain starts, as Istio runs Envoy
+            # (--drain-strategy immediate); with the default "gradual" a keep-alive connection
+            # may still be open when a 1 s drain ends and is closed under a request.
+            extra = ["--drain-time-s", str(drain_time_s), "--drain-strategy", "immediate"]
+            self._lds_version = 0
+        super().__init__(cfg, workdir, name=name, concurrency=concurrency, extra_args=extra)
+
+    def _launch(self) -> None:
+        if self.lds:
+            self._write_lds()
+        super()._launch()
 
     @property
     def url(self) -> str:
@@ -459,8 +506,92 @@ class Proxy(Envoy):
         return send(self.url + path, n, headers=headers, concurrency=concurrency)
 
     def load(self, rate: float = 50.0, headers: Headers = None, connections: int = 2,
-             path: str = "/") -> "LoadGenerator":
-        return LoadGenerator(self.url + path, rate=rate, headers=headers, connections=connections)
+             path: str = "/", url: Optional[str] = None) -> "LoadGenerator":
+        return LoadGenerator((url or self.url) + path, rate=rate, headers=headers,
+                             connections=connections)
+
+    # -- LDS mode --------------------------------------------------------------
+    def listener(self, name: str = "ingress") -> dict:
+        return next(l for l in self.listeners if l["name"] == name)
+
+    def _write_lds(self) -> None:
+        """Write the LDS file atomically (temp file in the same directory, then rename), the
+        way Envoy's file-based xDS expects an update."""
+        self._lds_version += 1
+        doc = {"version_info": str(self._lds_version),
+               "resources": [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **l}
+                             for l in self.listeners]}
+        tmp = self.lds_path.with_name(f".{self.lds_path.name}.{self._lds_version}.tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.rename(tmp, self.lds_path)
+
+    def listener_manager(self) -> dict[str, int]:
+        return {k.removeprefix("listener_manager."): v
+                for k, v in self.stats(filter=r"^listener_manager\.").items()}
+
+    def push_listeners(self, expect: Mapping[str, int], timeout: float = 15.0,
+                       drained: bool = True) -> None:
+        """Write self.listeners to the LDS file and wait until Envoy accepted it
+        (lds.update_success +1) and the listener_manager counters in `expect` rose by the given
+        amounts (e.g. {"listener_modified": 1}); with drained, also until nothing is warming
+        or draining any more (wait_drained)."""
+        if not self.lds:
+            raise RuntimeError("push_listeners needs Proxy(..., lds=True)")
+        before = self.listener_manager()
+        self._write_lds()
+
+        def applied() -> bool:
+            now = self.listener_manager()
+            if now.get("lds.update_rejected", 0) > before.get("lds.update_rejected", 0):
+                raise AssertionError(f"[{self.name}] LDS update rejected\n--- log tail ---\n"
+                                     f"{self.log_tail()}")
+            return (now.get("lds.update_success", 0) > before.get("lds.update_success", 0)
+                    and all(now.get(k, 0) >= before.get(k, 0) + n for k, n in expect.items()))
+
+        self.wait_for(applied, timeout, lambda: f"LDS update {expect} applied: {self.listener_manager()}")
+        if drained:
+            self.wait_drained(timeout)
+
+    def wait_drained(self, timeout: float = 15.0) -> None:
+        """Wait until no listener or filter chain is warming or draining (the old filter
+        contexts are gone). A change of the filters alone is an in-place update: only the old
+        filter chains drain."""
+        keys = ("total_listeners_warming", "total_listeners_draining", "total_filter_chains_draining")
+        self.wait_for(lambda: all(self.listener_manager().get(k, 0) == 0 for k in keys), timeout,
+                      lambda: f"nothing warming or draining: {self.listener_manager()}")
+
+    def update_plugin_config(self, plugin_cfg: dict, listener: str = "ingress",
+                             timeout: float = 15.0, drained: bool = True) -> None:
+        """Push a new plugin JSON to a listener's filter (LDS); wait until applied and, with
+        drained, until the old filter chain has drained."""
+        wasm = _http_filter(self.listener(listener), "envoy.filters.http.wasm")["config"]
+        wasm["configuration"]["value"] = _compact(plugin_cfg)
+        self.push_listeners({"listener_modified": 1}, timeout, drained)
+
+    def remove_listener(self, name: str, timeout: float = 15.0, drained: bool = True) -> None:
+        """Remove a listener (LDS); wait until applied and, with drained, until it has drained."""
+        self.listeners = [l for l in self.listeners if l["name"] != name]
+        self.push_listeners({"listener_removed": 1}, timeout, drained)
+
+
+def listener_copy(listener: dict, name: str, port: int) -> dict:
+    """Another listener with the same filter chain (same canary) on another port."""
+    out = json.loads(json.dumps(listener))
+    out["name"] = name
+    _set_port(out, port)
+    return out
+
+
+def set_plugin_id(listener: dict, plugin_id: str) -> None:
+    """The Wasm filter's plugin name and root_id: Envoy keys root contexts by the name (with the
+    configuration), so listeners with distinct ids get distinct root contexts, and module log
+    lines carry the root_id ("wasm log <root_id> <vm_id>: ...")."""
+    wasm = _http_filter(listener, "envoy.filters.http.wasm")["config"]
+    wasm["name"] = wasm["root_id"] = plugin_id
+
+
+def listener_port(listener: dict) -> int:
+    return listener["address"]["socket_address"]["port_value"]
 
 
 # --------------------------------------------------------------------------
@@ -501,13 +632,14 @@ def send(url: str, n: int, headers: Headers = None, concurrency: int = 4,
 
 class LoadGenerator:
     """Background traffic at roughly `rate` requests/s over `connections` connections,
-    recording (monotonic timestamp, status, x-served-by) until stopped."""
+    recording (monotonic completion time, status, x-served-by) until stopped; timed_records()
+    adds each request's start time."""
 
     def __init__(self, url: str, rate: float = 50.0, headers: Headers = None,
                  connections: int = 2, timeout: float = 10.0):
         self.url, self.rate, self.headers = url, rate, headers
         self.connections, self.timeout = connections, timeout
-        self._records: list[tuple[float, int, Optional[str]]] = []
+        self._records: list[tuple[float, float, int, Optional[str]]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -526,9 +658,10 @@ class LoadGenerator:
         with requests.Session() as s:
             while not self._stop.is_set():
                 i = next(self._counter)
+                started = time.monotonic()
                 status, served_by = _one(s, self.url, _headers_for(self.headers, i), self.timeout)
                 with self._lock:
-                    self._records.append((time.monotonic(), status, served_by))
+                    self._records.append((started, time.monotonic(), status, served_by))
                 next_at = max(next_at + period, time.monotonic() - period)
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
 
@@ -539,8 +672,14 @@ class LoadGenerator:
         return self.records()
 
     def records(self, since: float = 0.0) -> list[tuple[float, int, Optional[str]]]:
+        """(completion time, status, x-served-by) of the requests completed at or after since."""
         with self._lock:
-            return [r for r in self._records if r[0] >= since]
+            return [r[1:] for r in self._records if r[1] >= since]
+
+    def timed_records(self) -> list[tuple[float, float, int, Optional[str]]]:
+        """(start time, completion time, status, x-served-by) of every request so far."""
+        with self._lock:
+            return list(self._records)
 
     def __enter__(self) -> "LoadGenerator":
         return self.start()
