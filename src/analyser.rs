@@ -81,7 +81,7 @@ impl Analyser {
             let current = matches!(store.get(&self.keys.config), Ok(Some((b, _))) if b == *own);
             if !current {
                 if self.leading {
-                    self.shutdown(store);
+                    self.shutdown(store, tel);
                     tel.log(Level::Info, &format!("canary {} rev {}: newer configuration published, handing the analyser lease over", self.cfg.name, self.cfg.revision));
                 }
                 return;
@@ -105,8 +105,9 @@ impl Analyser {
             tel.log(
                 Level::Info,
                 &format!(
-                    "canary {}: {msg} the analyser lease as {who}",
-                    self.cfg.name
+                    "canary {}: {msg} the analyser lease as {who} (holder {})",
+                    self.cfg.name,
+                    self.holder()
                 ),
             );
         }
@@ -278,10 +279,23 @@ impl Analyser {
         }
     }
 
-    pub fn shutdown(&mut self, store: &dyn SharedStore) {
+    /// Which root context this is, in the lease log lines (the token's first 8 hex digits).
+    fn holder(&self) -> String {
+        format!("{:08x}", self.token >> 32)
+    }
+
+    pub fn shutdown(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry) {
         if self.leading {
             lease::release(store, &self.keys.lease, self.token);
             self.leading = false;
+            tel.log(
+                Level::Info,
+                &format!(
+                    "canary {}: released the analyser lease (holder {})",
+                    self.cfg.name,
+                    self.holder()
+                ),
+            );
         }
     }
 }
@@ -340,7 +354,7 @@ impl Singleton {
                         // Filters validate before publishing: this is corruption, never trusted.
                         tel.log(Level::Error, &format!("canary {name}: published configuration is unreadable, not analysing: {e}"));
                         if let Some((_, mut old)) = self.analysers.remove(&name) {
-                            old.shutdown(store);
+                            old.shutdown(store, tel);
                         }
                         self.refused.insert(name, raw);
                         continue;
@@ -353,9 +367,9 @@ impl Singleton {
         }
     }
 
-    pub fn shutdown(&mut self, store: &dyn SharedStore) {
+    pub fn shutdown(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry) {
         for (_, a) in self.analysers.values_mut() {
-            a.shutdown(store);
+            a.shutdown(store, tel);
         }
     }
 }
@@ -409,5 +423,24 @@ mod tests {
         assert!(many < 64 * 1024, "{many}");
         // A full 10 s window holds the same buckets and histogram entries either way.
         assert_eq!(few, many, "10k outcomes: {few} B, 1M outcomes: {many} B");
+    }
+
+    #[test]
+    fn lease_lines_name_the_holder_and_a_shutdown_releases_it_for_the_next() {
+        let (store, mut tel) = (FakeStore::default(), FakeTelemetry::default());
+        let mut first = Analyser::new(running(), 0xaaaa_bbbb_0000_0001, HolderKind::Singleton);
+        first.tick(&store, &mut tel, 1_000);
+        assert!(first.is_leading());
+        assert!(
+            tel.logged("canary web: acquired the analyser lease as singleton (holder aaaabbbb)")
+        );
+        first.shutdown(&store, &mut tel);
+        assert!(!first.is_leading());
+        assert!(tel.logged("canary web: released the analyser lease (holder aaaabbbb)"));
+        // Released, not expired: the next analyser takes over on its first tick.
+        let mut next = Analyser::new(running(), 0xcccc_dddd_0000_0002, HolderKind::Singleton);
+        next.tick(&store, &mut tel, 1_001);
+        assert!(next.is_leading());
+        assert!(tel.logged("acquired the analyser lease as singleton (holder ccccdddd)"));
     }
 }

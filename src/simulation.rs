@@ -166,7 +166,7 @@ impl Sim {
     fn shutdown(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.worker.shutdown(&self.store, &mut self.tel);
-        n.analyser.shutdown(&self.store);
+        n.analyser.shutdown(&self.store, &mut self.tel);
         n.ticking = false;
         n.serving = false;
     }
@@ -693,7 +693,7 @@ fn failed_revision_stays_failed_when_its_configuration_is_reapplied() {
     sim.run(3_000);
     // And the singleton restarts (a new one picks the configuration up afresh).
     let (mut old, _) = sim.singleton.take().unwrap();
-    old.shutdown(&sim.store);
+    old.shutdown(&sim.store, &mut sim.tel);
     sim.singleton = Some((Singleton::new(SINGLETON_TOKEN + 1), sim.now));
     sim.run(3_000);
     assert_eq!(sim.log_count("singleton analyser picked up"), 2);

@@ -64,9 +64,9 @@ impl Root {
                 if let Ok(mut w) = worker.try_borrow_mut() {
                     w.shutdown(&HostStore, &mut self.telemetry);
                 }
-                analyser.shutdown(&HostStore);
+                analyser.shutdown(&HostStore, &mut self.telemetry);
             }
-            Role::Singleton(s) => s.shutdown(&HostStore),
+            Role::Singleton(s) => s.shutdown(&HostStore, &mut self.telemetry),
             Role::Unconfigured => {}
         }
     }
