@@ -225,7 +225,7 @@ def check_lines(proxy) -> list[tuple[float, str, str]]:
 
 def lease_holders(proxy) -> list[tuple[float, str]]:
     return [(t, who) for t, who, msg in wasm_lines(proxy)
-            if msg == "canary web: acquired the analyser lease as worker (leader election)"]
+            if msg.startswith("canary web: acquired the analyser lease as worker (leader election)")]
 
 
 def test_analyser_lease_moves_to_another_listener_when_the_leading_one_is_removed(
