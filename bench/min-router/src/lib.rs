@@ -62,7 +62,8 @@ struct Router {
 
 impl Context for Router {}
 
-/// canary-guard's state record: magic(4) version(1) revision(len u8 + bytes) phase(1) weight(1).
+/// canary-guard's state record: magic(4) version(1) revision(len u8 + bytes) phase(1) weight(1),
+/// then counters and (since version 2) a checksum trailer, neither read here.
 fn weight_of(bytes: &[u8]) -> Option<u64> {
     let len = usize::from(*bytes.get(5)?);
     let w = u64::from(*bytes.get(5 + 1 + len + 1)?);
