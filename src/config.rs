@@ -8,6 +8,7 @@ use crate::duration::parse_millis;
 use crate::matcher::{MatchRule, StringMatch};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_path_to_error::Segment;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -28,16 +29,27 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "invalid canary-guard configuration: {}", self.message)
+        let (field, message) = (one_line(&self.field), one_line(&self.message));
+        if field.is_empty() {
+            write!(f, "invalid canary-guard configuration: {message}")
         } else {
-            write!(
-                f,
-                "invalid canary-guard configuration: {}: {}",
-                self.field, self.message
-            )
+            write!(f, "invalid canary-guard configuration: {field}: {message}")
         }
     }
+}
+
+/// Escapes control characters (an unknown key or a header name may hold a newline), so that an
+/// error stays one log line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
@@ -293,18 +305,38 @@ pub fn parse_plugin(bytes: &[u8]) -> Result<Plugin, ConfigError> {
 
 /// Parses and validates the canary (filter) configuration bytes.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    // serde would take a JSON array as a struct (fields by position) and name "[0]" as the field.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return err("", "the configuration must be a JSON object");
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        ConfigError {
-            field: if path == "." { String::new() } else { path },
-            message: e.into_inner().to_string(),
-        }
+    let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError {
+        field: field_of(e.path()),
+        message: e.into_inner().to_string(),
     })?;
     if let Err(e) = de.end() {
         return err("", e.to_string());
     }
     validate(raw)
+}
+
+/// The JSON path as `analysis.metrics[0].name`. serde_path_to_error writes "?" for a place it
+/// could not name (a syntax error where a key was due): that names the object around it instead.
+fn field_of(path: &serde_path_to_error::Path) -> String {
+    let mut field = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(name);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    field
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -822,6 +854,28 @@ pub(crate) mod tests {
         let e = parse(b"{\"name\": ").unwrap_err();
         assert!(e.to_string().contains("EOF"), "{e}");
         assert!(parse(b"{} trailing").is_err());
+    }
+
+    /// Found by the fuzz harness (tests/fuzz): a "?" field, a JSON array read as a struct, and
+    /// control characters from a key that broke the one-line log.
+    #[test]
+    fn errors_name_a_field_and_stay_one_line() {
+        let e = parse(b"{\"analysis\": {x").unwrap_err();
+        assert_eq!(e.field, "analysis", "{e}");
+        assert_eq!(parse(b"{l").unwrap_err().field, "");
+        let e = parse(b" [\"web\", \"v2\"]").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("", "the configuration must be a JSON object")
+        );
+        let e = parse(b"{\"na\\nme\": 1}").unwrap_err();
+        assert_eq!(e.field, "na\nme");
+        let line = e.to_string();
+        assert!(
+            line.starts_with("invalid canary-guard configuration: na\\nme: unknown field"),
+            "{line}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line}");
     }
 
     #[test]
