@@ -6,11 +6,14 @@
 
 use crate::duration::parse_millis;
 use crate::matcher::{MatchRule, StringMatch};
-use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serde_path_to_error::Segment;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 
 /// Shortest analysis interval and metric window we accept: below this the tick and the
 /// publication period of the workers would be as long as the interval itself.
@@ -192,15 +195,37 @@ impl Analysis {
 
 // ---- raw JSON shape -------------------------------------------------------------------------
 
+/// A JSON object only. serde's derived structs also take an array, fields by position, which
+/// would let `"upstreams": ["x-up", "a", "b"]` through (found by the fuzz harness).
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectOnly(PhantomData))
+            .map(Obj)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
     name: String,
     revision: String,
-    upstreams: RawUpstreams,
+    upstreams: Obj<RawUpstreams>,
     #[serde(default)]
-    session_affinity: Option<RawAffinity>,
-    analysis: RawAnalysis,
+    session_affinity: Option<Obj<RawAffinity>>,
+    analysis: Obj<RawAnalysis>,
     #[serde(default)]
     skip_analysis: bool,
     #[serde(default)]
@@ -238,8 +263,8 @@ struct RawAnalysis {
     consecutive: Option<bool>,
     iterations: Option<u32>,
     #[serde(rename = "match")]
-    matches: Option<Vec<RawMatch>>,
-    metrics: Option<Vec<RawMetric>>,
+    matches: Option<Vec<Obj<RawMatch>>>,
+    metrics: Option<Vec<Obj<RawMetric>>>,
     // Flagger fields that need a controller; refused by name rather than silently ignored.
     webhooks: Option<Value>,
     alerts: Option<Value>,
@@ -253,7 +278,7 @@ struct RawAnalysis {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
-    headers: BTreeMap<String, RawStringMatch>,
+    headers: BTreeMap<String, Obj<RawStringMatch>>,
 }
 
 #[derive(Deserialize)]
@@ -269,7 +294,7 @@ struct RawStringMatch {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawMetric {
     name: String,
-    threshold_range: Option<RawRange>,
+    threshold_range: Option<Obj<RawRange>>,
     interval: Option<String>,
     percentile: Option<f64>,
     template_ref: Option<Value>,
@@ -305,12 +330,8 @@ pub fn parse_plugin(bytes: &[u8]) -> Result<Plugin, ConfigError> {
 
 /// Parses and validates the canary (filter) configuration bytes.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
-    // serde would take a JSON array as a struct (fields by position) and name "[0]" as the field.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return err("", "the configuration must be a JSON object");
-    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError {
+    let Obj(raw) = serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError {
         field: field_of(e.path()),
         message: e.into_inner().to_string(),
     })?;
@@ -348,9 +369,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{revision:?} must be 1 to 128 printable characters"),
         );
     }
-    let upstreams = check_upstreams(raw.upstreams)?;
-    let affinity = check_affinity(raw.session_affinity)?;
-    let analysis = check_analysis(raw.analysis)?;
+    let upstreams = check_upstreams(raw.upstreams.0)?;
+    let affinity = check_affinity(raw.session_affinity.map(|a| a.0))?;
+    let analysis = check_analysis(raw.analysis.0)?;
     if raw.role == Role::Analyser {
         return err("role", "\"analyser\" takes no other fields: use {\"role\": \"analyser\"} for the bootstrap singleton");
     }
@@ -525,7 +546,7 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
 
     let mut matches = Vec::new();
     for (i, m) in raw.matches.unwrap_or_default().into_iter().enumerate() {
-        matches.push(check_match(i, m)?);
+        matches.push(check_match(i, m.0)?);
     }
     if matches!(steps, Steps::Iterations(_)) && matches.is_empty() {
         return err(
@@ -536,7 +557,7 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
 
     let mut metrics = Vec::new();
     for (i, m) in raw.metrics.unwrap_or_default().into_iter().enumerate() {
-        metrics.push(check_metric(i, m, interval_ms)?);
+        metrics.push(check_metric(i, m.0, interval_ms)?);
     }
 
     Ok(Analysis {
@@ -640,7 +661,7 @@ fn check_match(i: usize, raw: RawMatch) -> Result<MatchRule, ConfigError> {
         return err(field, "{} must list at least one header");
     }
     let mut headers = Vec::new();
-    for (name, m) in raw.headers {
+    for (name, Obj(m)) in raw.headers {
         let hfield = format!("{field}.{name}");
         let lower = name.to_ascii_lowercase();
         if !is_header_name(&lower) && !lower.starts_with(':') {
@@ -688,7 +709,7 @@ fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricChec
             )
         }
     };
-    let Some(range) = raw.threshold_range else {
+    let Some(Obj(range)) = raw.threshold_range else {
         return err(
             format!("{field}.thresholdRange"),
             "is required (min, max or both)",
@@ -864,10 +885,17 @@ pub(crate) mod tests {
         assert_eq!(e.field, "analysis", "{e}");
         assert_eq!(parse(b"{l").unwrap_err().field, "");
         let e = parse(b" [\"web\", \"v2\"]").unwrap_err();
-        assert_eq!(
-            (e.field.as_str(), e.message.as_str()),
-            ("", "the configuration must be a JSON object")
-        );
+        assert_eq!(e.field, "");
+        assert!(e.message.contains("expected a JSON object"), "{e}");
+        let e = with("/upstreams", Some(serde_json::json!(["x-up", "a", "b"]))).unwrap_err();
+        assert_eq!(e.field, "upstreams");
+        assert!(e.message.contains("expected a JSON object"), "{e}");
+        let e = with(
+            "/analysis/metrics/0/thresholdRange",
+            Some(serde_json::json!([99, null])),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "analysis.metrics[0].thresholdRange");
         let e = parse(b"{\"na\\nme\": 1}").unwrap_err();
         assert_eq!(e.field, "na\nme");
         let line = e.to_string();
