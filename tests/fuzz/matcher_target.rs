@@ -115,6 +115,24 @@ impl Re {
         }
     }
 
+    /// A rough count of all states, control ones included (splits, captures): what a search
+    /// steps through per byte at worst. Only sizes the haystacks.
+    fn approx_states(&self) -> u64 {
+        match self {
+            Re::Lit(_) | Re::Class(_) => 1,
+            Re::Concat(v) => v.iter().map(Re::approx_states).fold(0, u64::saturating_add),
+            Re::Alt(v) => v
+                .iter()
+                .map(Re::approx_states)
+                .fold(v.len() as u64, u64::saturating_add),
+            Re::Group(r) | Re::Star(r) | Re::Plus(r) | Re::Opt(r) => r.approx_states() + 3,
+            Re::Rep(r, min, max) => {
+                let copies = u64::from(max.unwrap_or(*min).max(*min)).max(1);
+                (r.approx_states() + 3).saturating_mul(copies)
+            }
+        }
+    }
+
     /// Nesting of groups and repetitions (each counts at least one level for the parser).
     fn depth(&self) -> u32 {
         match self {
@@ -249,9 +267,13 @@ impl RegexTarget {
             alphabet.extend(pattern.chars().filter(|c| c.is_alphanumeric()).take(16));
         }
         let rng = &mut self.rng;
-        // Captures and splits add states beyond the lower bound: roughly 4 per counted one.
-        let states = 4 * ast.map_or(64, Re::min_states) + 16;
-        let long = if rng.one_in(8) { 64 * 1024 } else { 512 };
+        let states = ast.map_or(1_000, Re::approx_states).max(1);
+        // Without a syntax tree the size is unknown: short values only (this is a debug build).
+        let long = if ast.is_some() && rng.one_in(8) {
+            64 * 1024
+        } else {
+            512
+        };
         // Keep one search within a few million state steps in this debug build.
         let len = long.min((2_000_000 / states) as usize).max(64);
         let mut out = vec![
