@@ -7,6 +7,8 @@
 #   PYTEST_ARGS    extra pytest arguments, e.g. PYTEST_ARGS='-k rollback -x'
 #   BENCH_ARGS     extra scripts/bench.py arguments, e.g. BENCH_ARGS='--rounds 1 --duration 3'
 #   DEMO_ARGS      extra scripts/demo.py arguments, e.g. DEMO_ARGS='--rate 150 --fault-at-weight 20'
+#   FUZZ_SECS      `make fuzz` budget per fuzz target in seconds (default 60; `make test` runs 1)
+#   FUZZ_SEED      `make fuzz` PRNG seed to replay a run (default: a fresh one, printed)
 #   CI             when set (CI=true), integration tests must neither skip nor be missing
 
 SHELL := /bin/bash
@@ -40,7 +42,7 @@ else
 ENVOY_DEP := $(VENV_ENVOY)
 endif
 
-.PHONY: bench-fixture bench-deps help setup setup-rust setup-python build image compose unit integration test lint fmt demo bench clean
+.PHONY: bench-fixture bench-deps help setup setup-rust setup-python build image compose unit integration test lint fmt demo bench fuzz clean
 
 help: ## List the targets (default)
 	@echo "canary-guard: make <target>"
@@ -105,6 +107,12 @@ fmt: ## Format the Rust code (cargo fmt)
 
 demo: setup build ## Live demo: real Envoy, steady traffic, canary steps up, a fault, automatic rollback
 	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+FUZZ_SECS    ?= 60
+FUZZ_SEED    ?=
+
+fuzz: ## Fuzz the config parser, the shared-data codecs and match regexes for FUZZ_SECS per target (crashes in out/fuzz/crashes)
+	CANARY_GUARD_FUZZ_SECS=$(FUZZ_SECS) $(if $(FUZZ_SEED),CANARY_GUARD_FUZZ_SEED=$(FUZZ_SEED)) nice -n 10 cargo test --test fuzz
 
 BENCH_ARGS   ?=
 MIN_ROUTER   := target/bench/$(WASM_TARGET)/release/min_router.wasm

@@ -1,5 +1,13 @@
 //! Little-endian byte writer and a bounds-checked reader for the shared-data encodings.
 //! The reader never panics: every read returns `None` past the end.
+//!
+//! A record is `magic(4) version(1) fields... checksum(8)`: the writer's `finish` appends the
+//! checksum of everything before it and the reader verifies it before any field is read, so a
+//! flipped bit inside a count or a weight is rejected instead of decoding as a plausible value.
+
+use crate::checksum::checksum;
+
+const TRAILER: usize = 8;
 
 #[derive(Default)]
 pub struct Writer {
@@ -27,6 +35,12 @@ impl Writer {
     pub fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
+    /// The finished record: the fields followed by the checksum trailer.
+    pub fn finish(mut self) -> Vec<u8> {
+        let sum = checksum(&self.buf);
+        self.u64(sum);
+        self.buf
+    }
     /// A string of at most 255 bytes (longer ones are cut at a char boundary).
     pub fn short_str(&mut self, s: &str) {
         let mut end = s.len().min(255);
@@ -44,10 +58,13 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// Checks magic and version; `None` if either differs.
+    /// Checks magic, version and the checksum trailer; `None` if any differs. The reader then
+    /// reads the fields only (the trailer is not part of them).
     pub fn with_header(bytes: &'a [u8], magic: &[u8; 4], version: u8) -> Option<Self> {
-        let mut r = Reader { rest: bytes };
-        (r.take(4)? == magic && r.u8()? == version).then_some(r)
+        let (body, trailer) = bytes.split_at_checked(bytes.len().checked_sub(TRAILER)?)?;
+        let mut r = Reader { rest: body };
+        let ours = r.take(4)? == magic && r.u8()? == version;
+        (ours && u64::from_le_bytes(trailer.try_into().ok()?) == checksum(body)).then_some(r)
     }
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.rest.len() < n {
@@ -79,5 +96,45 @@ impl<'a> Reader<'a> {
     /// True when everything was consumed (trailing bytes mean a corrupt or foreign value).
     pub fn is_done(&self) -> bool {
         self.rest.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Vec<u8> {
+        let mut w = Writer::with_header(b"CGxx", 3);
+        w.u16(7);
+        w.short_str("v2");
+        w.finish()
+    }
+
+    #[test]
+    fn reads_back_what_was_written_without_the_trailer() {
+        let bytes = record();
+        assert_eq!(bytes.len(), 5 + 2 + 3 + 8);
+        let mut r = Reader::with_header(&bytes, b"CGxx", 3).unwrap();
+        assert_eq!(r.u16(), Some(7));
+        assert_eq!(r.short_str().as_deref(), Some("v2"));
+        assert!(r.is_done(), "the trailer is not a field");
+    }
+
+    #[test]
+    fn refuses_other_magic_version_checksum_or_length() {
+        let bytes = record();
+        assert!(Reader::with_header(&bytes, b"CGyy", 3).is_none());
+        assert!(Reader::with_header(&bytes, b"CGxx", 2).is_none());
+        for i in 0..bytes.len() {
+            let mut v = bytes.clone();
+            v[i] ^= 0x10;
+            assert!(Reader::with_header(&v, b"CGxx", 3).is_none(), "byte {i}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(Reader::with_header(&bytes[..cut], b"CGxx", 3).is_none());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Reader::with_header(&longer, b"CGxx", 3).is_none());
     }
 }

@@ -7,10 +7,14 @@
 use crate::duration::parse_millis;
 use crate::matcher::{MatchRule, StringMatch};
 use crate::timestamp::parse_rfc3339_ms;
-use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use serde_path_to_error::Segment;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 
 /// Shortest analysis interval and metric window we accept: below this the tick and the
 /// publication period of the workers would be as long as the interval itself.
@@ -29,16 +33,27 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "invalid canary-guard configuration: {}", self.message)
+        let (field, message) = (one_line(&self.field), one_line(&self.message));
+        if field.is_empty() {
+            write!(f, "invalid canary-guard configuration: {message}")
         } else {
-            write!(
-                f,
-                "invalid canary-guard configuration: {}: {}",
-                self.field, self.message
-            )
+            write!(f, "invalid canary-guard configuration: {field}: {message}")
         }
     }
+}
+
+/// Escapes control characters (an unknown key or a header name may hold a newline), so that an
+/// error stays one log line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
@@ -205,15 +220,37 @@ impl Analysis {
 
 // ---- raw JSON shape -------------------------------------------------------------------------
 
+/// A JSON object only. serde's derived structs also take an array, fields by position, which
+/// would let `"upstreams": ["x-up", "a", "b"]` through (found by the fuzz harness).
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectOnly(PhantomData))
+            .map(Obj)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
     name: String,
     revision: String,
-    upstreams: RawUpstreams,
+    upstreams: Obj<RawUpstreams>,
     #[serde(default)]
-    session_affinity: Option<RawAffinity>,
-    analysis: RawAnalysis,
+    session_affinity: Option<Obj<RawAffinity>>,
+    analysis: Obj<RawAnalysis>,
     #[serde(default)]
     skip_analysis: bool,
     #[serde(default)]
@@ -255,8 +292,8 @@ struct RawAnalysis {
     consecutive: Option<bool>,
     iterations: Option<u32>,
     #[serde(rename = "match")]
-    matches: Option<Vec<RawMatch>>,
-    metrics: Option<Vec<RawMetric>>,
+    matches: Option<Vec<Obj<RawMatch>>>,
+    metrics: Option<Vec<Obj<RawMetric>>>,
     // Flagger fields that need a controller; refused by name rather than silently ignored.
     webhooks: Option<Value>,
     alerts: Option<Value>,
@@ -270,7 +307,7 @@ struct RawAnalysis {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
-    headers: BTreeMap<String, RawStringMatch>,
+    headers: BTreeMap<String, Obj<RawStringMatch>>,
 }
 
 #[derive(Deserialize)]
@@ -286,7 +323,7 @@ struct RawStringMatch {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawMetric {
     name: String,
-    threshold_range: Option<RawRange>,
+    threshold_range: Option<Obj<RawRange>>,
     interval: Option<String>,
     percentile: Option<f64>,
     template_ref: Option<Value>,
@@ -323,17 +360,33 @@ pub fn parse_plugin(bytes: &[u8]) -> Result<Plugin, ConfigError> {
 /// Parses and validates the canary (filter) configuration bytes.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        ConfigError {
-            field: if path == "." { String::new() } else { path },
-            message: e.into_inner().to_string(),
-        }
+    let Obj(raw) = serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError {
+        field: field_of(e.path()),
+        message: e.into_inner().to_string(),
     })?;
     if let Err(e) = de.end() {
         return err("", e.to_string());
     }
     validate(raw)
+}
+
+/// The JSON path as `analysis.metrics[0].name`. serde_path_to_error writes "?" for a place it
+/// could not name (a syntax error where a key was due): that names the object around it instead.
+fn field_of(path: &serde_path_to_error::Path) -> String {
+    let mut field = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(name);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    field
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -345,9 +398,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{revision:?} must be 1 to 128 printable characters"),
         );
     }
-    let upstreams = check_upstreams(raw.upstreams)?;
-    let affinity = check_affinity(raw.session_affinity)?;
-    let analysis = check_analysis(raw.analysis)?;
+    let upstreams = check_upstreams(raw.upstreams.0)?;
+    let affinity = check_affinity(raw.session_affinity.map(|a| a.0))?;
+    let analysis = check_analysis(raw.analysis.0)?;
     let restart_policy = match raw.restart_policy.as_deref() {
         None | Some("hold") => RestartPolicy::Hold,
         Some("restart") => RestartPolicy::Restart,
@@ -545,7 +598,7 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
 
     let mut matches = Vec::new();
     for (i, m) in raw.matches.unwrap_or_default().into_iter().enumerate() {
-        matches.push(check_match(i, m)?);
+        matches.push(check_match(i, m.0)?);
     }
     if matches!(steps, Steps::Iterations(_)) && matches.is_empty() {
         return err(
@@ -556,7 +609,7 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
 
     let mut metrics = Vec::new();
     for (i, m) in raw.metrics.unwrap_or_default().into_iter().enumerate() {
-        metrics.push(check_metric(i, m, interval_ms)?);
+        metrics.push(check_metric(i, m.0, interval_ms)?);
     }
 
     Ok(Analysis {
@@ -660,7 +713,7 @@ fn check_match(i: usize, raw: RawMatch) -> Result<MatchRule, ConfigError> {
         return err(field, "{} must list at least one header");
     }
     let mut headers = Vec::new();
-    for (name, m) in raw.headers {
+    for (name, Obj(m)) in raw.headers {
         let hfield = format!("{field}.{name}");
         let lower = name.to_ascii_lowercase();
         if !is_header_name(&lower) && !lower.starts_with(':') {
@@ -708,7 +761,7 @@ fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricChec
             )
         }
     };
-    let Some(range) = raw.threshold_range else {
+    let Some(Obj(range)) = raw.threshold_range else {
         return err(
             format!("{field}.thresholdRange"),
             "is required (min, max or both)",
@@ -884,6 +937,35 @@ pub(crate) mod tests {
         let e = parse(b"{\"name\": ").unwrap_err();
         assert!(e.to_string().contains("EOF"), "{e}");
         assert!(parse(b"{} trailing").is_err());
+    }
+
+    /// Found by the fuzz harness (tests/fuzz): a "?" field, a JSON array read as a struct, and
+    /// control characters from a key that broke the one-line log.
+    #[test]
+    fn errors_name_a_field_and_stay_one_line() {
+        let e = parse(b"{\"analysis\": {x").unwrap_err();
+        assert_eq!(e.field, "analysis", "{e}");
+        assert_eq!(parse(b"{l").unwrap_err().field, "");
+        let e = parse(b" [\"web\", \"v2\"]").unwrap_err();
+        assert_eq!(e.field, "");
+        assert!(e.message.contains("expected a JSON object"), "{e}");
+        let e = with("/upstreams", Some(serde_json::json!(["x-up", "a", "b"]))).unwrap_err();
+        assert_eq!(e.field, "upstreams");
+        assert!(e.message.contains("expected a JSON object"), "{e}");
+        let e = with(
+            "/analysis/metrics/0/thresholdRange",
+            Some(serde_json::json!([99, null])),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "analysis.metrics[0].thresholdRange");
+        let e = parse(b"{\"na\\nme\": 1}").unwrap_err();
+        assert_eq!(e.field, "na\nme");
+        let line = e.to_string();
+        assert!(
+            line.starts_with("invalid canary-guard configuration: na\\nme: unknown field"),
+            "{line}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line}");
     }
 
     #[test]

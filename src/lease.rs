@@ -24,7 +24,8 @@ pub struct Lease {
 }
 
 const MAGIC: &[u8; 4] = b"CGls";
-const VERSION: u8 = 1;
+/// 2: checksum trailer.
+const VERSION: u8 = 2;
 
 impl Lease {
     pub fn encode(&self) -> Vec<u8> {
@@ -32,7 +33,7 @@ impl Lease {
         w.u64(self.token);
         w.u8(self.kind as u8);
         w.u64(self.expires_ms);
-        w.buf
+        w.finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Lease> {

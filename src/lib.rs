@@ -16,6 +16,7 @@
 pub mod analyser;
 pub mod analysis;
 pub mod checks;
+pub mod checksum;
 pub mod codec;
 pub mod config;
 pub mod duration;

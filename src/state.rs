@@ -65,7 +65,11 @@ pub struct CanaryState {
 }
 
 const MAGIC: &[u8; 4] = b"CGst";
-const VERSION: u8 = 1;
+/// 2: checksum trailer. Keep the prefix (magic, version, revision, phase, weight): the
+/// benchmark's minimal router (bench/min-router) reads the weight from it.
+const VERSION: u8 = 2;
+/// What `config` accepts for a revision.
+const MAX_REVISION_LEN: usize = 128;
 
 impl CanaryState {
     pub fn new(revision: &str, now_ms: u64) -> Self {
@@ -89,11 +93,12 @@ impl CanaryState {
         w.u32(self.iterations);
         w.u64(self.started_ms);
         w.u64(self.last_check_ms);
-        w.buf
+        w.finish()
     }
 
-    /// Decodes and validates; any corruption (bad magic/version, truncation, trailing bytes,
-    /// weight over 100, unknown phase, a stored Initializing, a weight on a Waiting canary)
+    /// Decodes and validates; any corruption (bad magic/version/checksum, truncation, trailing
+    /// bytes, weight over 100, unknown phase, a stored Initializing, a Failed state with traffic,
+    /// a Succeeded one without all of it, a weight on a Waiting canary, times going backwards)
     /// gives `None`.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader::with_header(bytes, MAGIC, VERSION)?;
@@ -106,11 +111,16 @@ impl CanaryState {
             started_ms: r.u64()?,
             last_check_ms: r.u64()?,
         };
+        let weight_fits = match s.phase {
+            Phase::Failed | Phase::Waiting => s.weight == 0,
+            Phase::Succeeded => s.weight == 100,
+            _ => s.weight <= 100,
+        };
         let valid = r.is_done()
-            && s.weight <= 100
+            && weight_fits
             && s.phase != Phase::Initializing
-            && !(s.phase == Phase::Waiting && s.weight != 0)
             && !s.revision.is_empty()
+            && s.revision.len() <= MAX_REVISION_LEN
             && s.last_check_ms >= s.started_ms;
         valid.then_some(s)
     }
@@ -154,13 +164,58 @@ mod tests {
         let mut bad_version = good.clone();
         bad_version[4] = 9;
         assert_eq!(CanaryState::decode(&bad_version), None);
-        let weight_at = 4 + 1 + 1 + 2 + 1;
-        let mut heavy = good.clone();
-        heavy[weight_at] = 101;
-        assert_eq!(CanaryState::decode(&heavy), None);
-        let mut phase = good;
-        phase[weight_at - 1] = 9;
-        assert_eq!(CanaryState::decode(&phase), None);
+        for i in 0..good.len() {
+            let mut flipped = good.clone();
+            flipped[i] ^= 0x01;
+            assert_eq!(CanaryState::decode(&flipped), None, "bit flip at {i}");
+        }
+    }
+
+    /// Re-encoded with a valid checksum, so only the range checks can refuse them.
+    #[test]
+    fn rejects_well_sealed_nonsense() {
+        let bad = [
+            CanaryState {
+                weight: 101,
+                ..sample()
+            },
+            CanaryState {
+                phase: Phase::Failed,
+                weight: 5,
+                ..sample()
+            },
+            CanaryState {
+                phase: Phase::Succeeded,
+                weight: 50,
+                ..sample()
+            },
+            CanaryState {
+                phase: Phase::Initializing,
+                ..sample()
+            },
+            CanaryState {
+                revision: String::new(),
+                ..sample()
+            },
+            CanaryState {
+                revision: "r".repeat(129),
+                ..sample()
+            },
+            CanaryState {
+                last_check_ms: 999,
+                ..sample()
+            },
+        ];
+        for s in bad {
+            assert_eq!(CanaryState::decode(&s.encode()), None, "{s:?}");
+        }
+        // An unknown phase value, sealed again.
+        let mut body = sample().encode();
+        body.truncate(body.len() - 8);
+        body[4 + 1 + 1 + 2] = 9;
+        let sum = crate::checksum::checksum(&body);
+        body.extend_from_slice(&sum.to_le_bytes());
+        assert_eq!(CanaryState::decode(&body), None);
     }
 
     #[test]

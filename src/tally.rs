@@ -96,7 +96,11 @@ impl Tally {
             entries.push((r.u16()?, r.u32()?));
         }
         let latency = Histogram::from_entries(entries)?;
-        (errors <= requests && latency.count() <= requests).then_some(Tally {
+        // Every request records one latency; fewer only where a bucket count saturated.
+        let count = latency.count();
+        let consistent = count == requests
+            || (count < requests && latency.entries().iter().any(|e| e.1 == u32::MAX));
+        (errors <= requests && consistent).then_some(Tally {
             requests,
             errors,
             latency,
@@ -156,7 +160,8 @@ pub struct SlotRecord {
 }
 
 const MAGIC: &[u8; 4] = b"CGtl";
-const VERSION: u8 = 1;
+/// 2: checksum trailer.
+const VERSION: u8 = 2;
 
 impl SlotRecord {
     pub fn new(owner: u64, bucket_ms: u64) -> Self {
@@ -225,7 +230,7 @@ impl SlotRecord {
             .map(|b| b.stable.latency.entries().len() + b.canary.latency.entries().len())
             .sum();
         w.buf
-            .reserve_exact(58 + self.buckets.len() * 44 + entries * 6);
+            .reserve_exact(58 + self.buckets.len() * 44 + entries * 6 + 8);
         w.u64(self.owner);
         w.u64(self.heartbeat_ms);
         w.u64(self.bucket_ms);
@@ -239,7 +244,7 @@ impl SlotRecord {
             b.stable.encode(&mut w);
             b.canary.encode(&mut w);
         }
-        w.buf
+        w.finish()
     }
 
     /// The owner token of an encoded record, without decoding the rest (the publisher's
@@ -269,6 +274,8 @@ impl SlotRecord {
             return None;
         }
         let mut buckets: Vec<Bucket> = Vec::with_capacity(n.min(r.remaining() / 8));
+        // Buckets are pruned, totals never: the buckets can only hold a part of the totals.
+        let mut in_buckets = Totals::default();
         for _ in 0..n {
             let start_ms = r.u64()?;
             if buckets.last().is_some_and(|p| p.start_ms >= start_ms) {
@@ -276,13 +283,23 @@ impl SlotRecord {
             }
             let stable = Tally::decode(&mut r)?;
             let canary = Tally::decode(&mut r)?;
+            in_buckets = Totals {
+                stable_requests: in_buckets.stable_requests.checked_add(stable.requests)?,
+                stable_errors: in_buckets.stable_errors.checked_add(stable.errors)?,
+                canary_requests: in_buckets.canary_requests.checked_add(canary.requests)?,
+                canary_errors: in_buckets.canary_errors.checked_add(canary.errors)?,
+            };
             buckets.push(Bucket {
                 start_ms,
                 stable,
                 canary,
             });
         }
-        r.is_done().then_some(SlotRecord {
+        let within_totals = in_buckets.stable_requests <= totals.stable_requests
+            && in_buckets.stable_errors <= totals.stable_errors
+            && in_buckets.canary_requests <= totals.canary_requests
+            && in_buckets.canary_errors <= totals.canary_errors;
+        (r.is_done() && within_totals).then_some(SlotRecord {
             owner,
             heartbeat_ms,
             bucket_ms,
@@ -380,7 +397,7 @@ mod tests {
         assert_eq!(SlotRecord::owner_of(&bytes), Some(42));
         assert_eq!(SlotRecord::decode(&bytes), Some(s));
         assert_eq!(
-            SlotRecord::owner_of(b"CGtl\x02junkjunk"),
+            SlotRecord::owner_of(b"CGtl\x01junkjunk"),
             None,
             "other version"
         );
@@ -404,6 +421,42 @@ mod tests {
         unordered.buckets.swap(0, 1);
         assert_eq!(SlotRecord::decode(&unordered.encode()), None);
         assert_eq!(SlotRecord::decode(b"garbage"), None);
+        for i in 0..good.len() {
+            let mut flipped = good.clone();
+            flipped[i] ^= 0x40;
+            assert_eq!(SlotRecord::decode(&flipped), None, "bit flip at {i}");
+        }
+    }
+
+    #[test]
+    fn codec_rejects_counts_that_do_not_add_up() {
+        // More in the buckets than in the never-pruned totals.
+        let mut inflated = sample();
+        inflated.buckets[0].canary.requests += 1;
+        inflated.buckets[0].canary.latency.record(10);
+        assert_eq!(SlotRecord::decode(&inflated.encode()), None);
+        // A latency histogram that does not hold one value per request.
+        let mut missing = sample();
+        missing.totals.canary_requests += 1;
+        missing.buckets[0].canary.requests += 1;
+        assert_eq!(SlotRecord::decode(&missing.encode()), None);
+        // ... unless a histogram count saturated (u32::MAX in one bucket).
+        let mut saturated = SlotRecord::new(1, 250);
+        let huge = u64::from(u32::MAX) + 10;
+        saturated.totals.canary_requests = huge;
+        saturated.buckets.push(Bucket {
+            start_ms: 0,
+            stable: Tally::default(),
+            canary: Tally {
+                requests: huge,
+                errors: 0,
+                latency: Histogram::from_entries(vec![(3, u32::MAX)]).unwrap(),
+            },
+        });
+        assert_eq!(
+            SlotRecord::decode(&saturated.encode()),
+            Some(saturated.clone())
+        );
     }
 
     #[test]

@@ -77,16 +77,17 @@ struct Router {
 
 impl Context for Router {}
 
-/// A state record shaped like canary-guard's (same prefix, same size): revision "v2",
-/// phase Progressing, `weight`, then counters and times left at zero.
+/// A state record shaped like canary-guard's (same prefix, same size): version 2, revision
+/// "v2", phase Progressing, `weight`, then counters, times and the checksum left at zero.
 fn state_record(weight: u8) -> Vec<u8> {
-    let mut r = b"CGst\x01\x02v2\x01".to_vec();
+    let mut r = b"CGst\x02\x02v2\x01".to_vec();
     r.push(weight);
-    r.resize(34, 0);
+    r.resize(42, 0);
     r
 }
 
-/// canary-guard's state record: magic(4) version(1) revision(len u8 + bytes) phase(1) weight(1).
+/// canary-guard's state record: magic(4) version(1) revision(len u8 + bytes) phase(1) weight(1),
+/// then counters and (since version 2) a checksum trailer, neither read here.
 fn weight_of(bytes: &[u8]) -> Option<u64> {
     let len = usize::from(*bytes.get(5)?);
     let w = u64::from(*bytes.get(5 + 1 + len + 1)?);
