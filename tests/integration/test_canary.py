@@ -56,7 +56,10 @@ def canary_upstream_requests(proxy) -> int:
 
 @pytest.mark.parametrize("mode", ["singleton", "leader"])
 def test_healthy_canary_walks_every_step_and_is_promoted(launcher, backends, mode):
-    proxy = launcher.proxy(backends, canary_cfg(), mode=mode)
+    # A 500 ms check at weight 10 sees ~6 canary requests at 120 req/s: minRequests 2 and
+    # threshold 3 keep a slow load generator on a busy machine from looking like "no traffic"
+    # (that rule has a test of its own).
+    proxy = launcher.proxy(backends, canary_cfg(minRequests=2, threshold=3), mode=mode)
     with proxy.load(rate=120, connections=4) as load:
         wait_phase(proxy, SUCCEEDED)
         assert stat(proxy, "weight") == 100
