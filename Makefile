@@ -98,7 +98,7 @@ lint: setup-rust ## cargo fmt --check and clippy (-D warnings) on the host and w
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 	cargo fmt --all -- --check
-	cargo clippy --lib --tests -- -D warnings
+	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target $(WASM_TARGET) -- -D warnings
 
 fmt: ## Format the Rust code (cargo fmt)

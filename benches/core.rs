@@ -254,13 +254,17 @@ fn main() {
         black_box(decide(&cookie, Some(black_box(&state)), &mut nothing, r));
     });
 
-    // (b) Worker::route: state read (copy) + decode + decide.
+    // (b) Worker::route: with the state copy fresh (most requests), and re-reading it (once per
+    // STATE_MAX_AGE_US per worker: state get + decode + decide).
     let store = Store::default();
     let keys = Keys::new("web");
     store.set(&keys.state, &state.encode(), 0).unwrap();
     let mut worker = Worker::new(affinity.clone(), EXAMPLE.as_bytes().to_vec(), 7, 0);
-    table.run("Worker::route (state get + decode + decide)", || {
-        black_box(worker.route(&store, &mut user));
+    table.run("Worker::route (state copy fresh: decide)", || {
+        black_box(worker.route(&store, &mut user, Some(1)));
+    });
+    table.run("Worker::route (state re-read: get + decode + decide)", || {
+        black_box(worker.route(&store, &mut user, None));
     });
     let state_bytes = state.encode();
     table.run("CanaryState::decode", || {
