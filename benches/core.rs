@@ -263,9 +263,12 @@ fn main() {
     table.run("Worker::route (state copy fresh: decide)", || {
         black_box(worker.route(&store, &mut user, Some(1)));
     });
-    table.run("Worker::route (state re-read: get + decode + decide)", || {
-        black_box(worker.route(&store, &mut user, None));
-    });
+    table.run(
+        "Worker::route (state re-read: get + decode + decide)",
+        || {
+            black_box(worker.route(&store, &mut user, None));
+        },
+    );
     let state_bytes = state.encode();
     table.run("CanaryState::decode", || {
         black_box(CanaryState::decode(black_box(&state_bytes)));
