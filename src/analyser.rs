@@ -269,13 +269,7 @@ impl Analyser {
                 }
                 _ => {}
             }
-            let line = Logged {
-                name: &self.cfg.name,
-                revision: &self.cfg.revision,
-                event: e,
-            }
-            .to_string();
-            tel.log(level, &line);
+            tel.log(level, &Logged::of(&self.cfg, e).to_string());
         }
     }
 

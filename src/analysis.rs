@@ -88,6 +88,17 @@ pub struct Logged<'a> {
     pub event: &'a Event,
 }
 
+impl<'a> Logged<'a> {
+    /// The line an event of this canary's configured revision is logged as.
+    pub fn of(cfg: &'a Config, event: &'a Event) -> Self {
+        Logged {
+            name: &cfg.name,
+            revision: &cfg.revision,
+            event,
+        }
+    }
+}
+
 impl fmt::Display for Logged<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "canary {} rev {}: ", self.name, self.revision)?;
@@ -386,12 +397,7 @@ mod tests {
     }
 
     fn text(cfg: &Config, e: &Event) -> String {
-        Logged {
-            name: &cfg.name,
-            revision: &cfg.revision,
-            event: e,
-        }
-        .to_string()
+        Logged::of(cfg, e).to_string()
     }
 
     #[test]

@@ -166,12 +166,7 @@ fn step() -> impl Strategy<Value = (u64, Outcome)> {
 // ---- the properties of one transition -------------------------------------------------------------
 
 fn text(cfg: &Config, e: &Event) -> String {
-    Logged {
-        name: &cfg.name,
-        revision: &cfg.revision,
-        event: e,
-    }
-    .to_string()
+    Logged::of(cfg, e).to_string()
 }
 
 fn is_final(p: Phase) -> bool {

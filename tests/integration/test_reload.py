@@ -67,6 +67,18 @@ def adoptions(proxy, mode: str) -> int:
     return proxy.log_text().count(needle)
 
 
+def reload_same_revision(proxy, cfg: dict, mode: str) -> tuple[float, float]:
+    """Pushes `harmless(cfg)` (same revision) and waits until the analyser has taken it up;
+    returns when the push started and when Envoy had applied it (monotonic)."""
+    adopted = adoptions(proxy, mode)
+    started = time.monotonic()
+    proxy.update_plugin_config(harmless(cfg))
+    applied = time.monotonic()
+    proxy.wait_for(lambda: adoptions(proxy, mode) > adopted, 10,
+                   "the analyser to take up the new configuration")
+    return started, applied
+
+
 def heal(backends) -> float:
     """Heal the canary backend and wait until it answers 200; returns when it did."""
     backends.set_canary_fault()
@@ -99,12 +111,7 @@ def test_same_revision_reload_keeps_phase_weight_and_failed_checks(launcher, bac
         proxy.wait_for(lambda: stat(proxy, "weight", 0) > STEPS[0], 15,
                        lambda: f"a passing check after the failure (weight {stat(proxy, 'weight')})")
         before = snapshot(proxy)
-        adopted = adoptions(proxy, mode)
-        reload_at = time.monotonic()
-        proxy.update_plugin_config(harmless(cfg))
-        reloaded_at = time.monotonic()
-        proxy.wait_for(lambda: adoptions(proxy, mode) > adopted, 10,
-                       "the analyser to take up the new configuration")
+        reload_at, reloaded_at = reload_same_revision(proxy, cfg, mode)
         after = snapshot(proxy)
     records = load.timed_records()
 
@@ -145,12 +152,7 @@ def test_failed_revision_stays_failed_on_reload_and_a_new_revision_starts_over(
         canary_rq = canary_upstream_requests(proxy)
 
         # (b) same revision: still Failed, weight 0, no canary traffic.
-        adopted = adoptions(proxy, mode)
-        t0 = time.monotonic()
-        proxy.update_plugin_config(harmless(cfg))
-        t1 = time.monotonic()
-        proxy.wait_for(lambda: adoptions(proxy, mode) > adopted, 10,
-                       "the analyser to take up the new configuration")
+        t0, t1 = reload_same_revision(proxy, cfg, mode)
         sent = proxy.stat("http.ingress.downstream_rq_total")
         proxy.wait_for(lambda: proxy.stat("http.ingress.downstream_rq_total") >= sent + 100, 15,
                        "100 more requests after the reload")
