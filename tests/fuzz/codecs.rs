@@ -323,18 +323,18 @@ fn sample_leases() -> Vec<(&'static str, Lease)> {
     ]
 }
 
+/// The sample records of one codec as corpus files: `<name>/valid-<sample>.bin`.
+fn sample_files<C: Codec>() -> impl Iterator<Item = (String, Vec<u8>)> {
+    C::samples()
+        .into_iter()
+        .map(|(name, v)| (format!("{}/valid-{name}.bin", C::NAME), v.to_bytes()))
+}
+
 /// `CANARY_GUARD_FUZZ_WRITE_CORPUS=1`: the committed valid records, from the current encoders.
 pub fn write_corpus() {
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for (name, s) in sample_states() {
-        files.push((format!("state/valid-{name}.bin"), s.encode()));
-    }
-    for (name, r) in sample_slots() {
-        files.push((format!("slot/valid-{name}.bin"), r.encode()));
-    }
-    for (name, l) in sample_leases() {
-        files.push((format!("lease/valid-{name}.bin"), l.encode()));
-    }
+    let files = sample_files::<CanaryState>()
+        .chain(sample_files::<SlotRecord>())
+        .chain(sample_files::<Lease>());
     for (path, bytes) in files {
         let path = root().join("fuzz/corpus").join(path);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -347,14 +347,8 @@ pub fn write_corpus() {
 
 type Decode = fn(&[u8]) -> bool;
 
-fn decodes_state(b: &[u8]) -> bool {
-    CanaryState::decode(b).is_some()
-}
-fn decodes_slot(b: &[u8]) -> bool {
-    SlotRecord::decode(b).is_some()
-}
-fn decodes_lease(b: &[u8]) -> bool {
-    Lease::decode(b).is_some()
+fn decodes<C: Codec>(b: &[u8]) -> bool {
+    C::from_bytes(b).is_some()
 }
 
 /// How hard to try one record: every other value of every byte, every bit flip, or one
@@ -429,7 +423,7 @@ pub fn integrity(long: bool) -> Result<String, String> {
         records.push((
             "slot full window".into(),
             full,
-            decodes_slot,
+            decodes::<SlotRecord>,
             Depth::EveryByte,
         ));
     }
@@ -437,7 +431,7 @@ pub fn integrity(long: bool) -> Result<String, String> {
         records.push((
             format!("state {name}"),
             s.encode(),
-            decodes_state,
+            decodes::<CanaryState>,
             Depth::AllValues,
         ));
     }
@@ -447,21 +441,26 @@ pub fn integrity(long: bool) -> Result<String, String> {
         } else {
             Depth::AllValues
         };
-        records.push((format!("slot {name}"), r.encode(), decodes_slot, depth));
+        records.push((
+            format!("slot {name}"),
+            r.encode(),
+            decodes::<SlotRecord>,
+            depth,
+        ));
     }
     for (name, l) in sample_leases() {
         records.push((
             format!("lease {name}"),
             l.encode(),
-            decodes_lease,
+            decodes::<Lease>,
             Depth::AllValues,
         ));
     }
     // The committed seeds must still be valid records of the current version.
     for (dir, decodes) in [
-        ("state", decodes_state as Decode),
-        ("slot", decodes_slot),
-        ("lease", decodes_lease),
+        ("state", decodes::<CanaryState> as Decode),
+        ("slot", decodes::<SlotRecord>),
+        ("lease", decodes::<Lease>),
     ] {
         for (file, bytes) in corpus(dir)
             .into_iter()
@@ -530,172 +529,147 @@ fn mutated(rng: &mut Rng, seeds: &[Vec<u8>], magic: &[u8]) -> Vec<u8> {
     }
 }
 
-pub struct StateTarget {
-    seeds: Vec<Vec<u8>>,
-    pending: Option<CanaryState>,
-    counts: Counts,
-}
+/// What differs between the codec targets: the rest is [`CodecTarget`].
+pub trait Codec: Sized + PartialEq + std::fmt::Debug {
+    /// The target's name, also its corpus directory.
+    const NAME: &'static str;
+    /// What the invariant error calls a decoded value.
+    const NOUN: &'static str;
+    /// The record's magic, for the "anything with our magic and version" strategy.
+    const MAGIC: &'static [u8];
+    /// Whether valid random values join the seeds (up to 64 seeds, one in 16).
+    const FEEDS_SEEDS: bool = false;
 
-impl StateTarget {
-    pub fn new() -> Self {
-        let mut seeds: Vec<Vec<u8>> = corpus("state").into_iter().map(|(_, b)| b).collect();
-        seeds.extend(sample_states().into_iter().map(|(_, s)| s.encode()));
-        StateTarget {
-            seeds,
-            pending: None,
-            counts: Counts::default(),
-        }
+    fn samples() -> Vec<(&'static str, Self)>;
+    fn random(rng: &mut Rng) -> Self;
+    fn to_bytes(&self) -> Vec<u8>;
+    fn from_bytes(bytes: &[u8]) -> Option<Self>;
+    /// The invariants the analysis relies on.
+    fn valid(&self) -> bool;
+    /// What of a value its encoding keeps (decoding should give exactly this back).
+    fn stored(self) -> Self {
+        self
     }
-}
-
-impl Target for StateTarget {
-    fn name(&self) -> &'static str {
-        "state"
-    }
-
-    fn generate(&mut self, rng: &mut Rng) -> Vec<u8> {
-        if rng.one_in(3) {
-            let s = random_state(rng);
-            let bytes = s.encode();
-            self.pending = Some(s);
-            bytes
-        } else {
-            mutated(rng, &self.seeds, b"CGst")
-        }
-    }
-
-    fn check(&mut self, input: &[u8]) -> Result<(), String> {
-        let decoded = CanaryState::decode(input);
-        if let Some(value) = self.pending.take() {
-            self.counts.from_values += 1;
-            let value = stored(value);
-            let want = state_valid(&value).then_some(value);
-            if decoded != want {
-                return Err(format!("encoded {want:?}, decoded {decoded:?}"));
-            }
-        }
-        match decoded {
-            Some(s) => {
-                self.counts.accepted += 1;
-                if s.encode() != input {
-                    return Err(format!("{s:?} decoded from bytes it does not encode to"));
-                }
-                if !state_valid(&s) {
-                    return Err(format!(
-                        "accepted a state that breaks the invariants: {s:?}"
-                    ));
-                }
-            }
-            None => self.counts.rejected += 1,
-        }
+    /// Properties beyond the shared ones, on every input (`decoded` is what it decoded to).
+    fn check_extra(_input: &[u8], _decoded: Option<&Self>) -> Result<(), String> {
         Ok(())
     }
+}
 
-    fn seeds(&self) -> Vec<Vec<u8>> {
-        self.seeds.clone()
+impl Codec for CanaryState {
+    const NAME: &'static str = "state";
+    const NOUN: &'static str = "state";
+    const MAGIC: &'static [u8] = b"CGst";
+
+    fn samples() -> Vec<(&'static str, Self)> {
+        sample_states()
     }
-
-    fn summary(&self) -> String {
-        self.counts.summary()
+    fn random(rng: &mut Rng) -> Self {
+        random_state(rng)
+    }
+    fn to_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        CanaryState::decode(bytes)
+    }
+    fn valid(&self) -> bool {
+        state_valid(self)
+    }
+    fn stored(self) -> Self {
+        stored(self)
     }
 }
 
-pub struct SlotTarget {
-    seeds: Vec<Vec<u8>>,
-    pending: Option<SlotRecord>,
-    counts: Counts,
-}
+impl Codec for SlotRecord {
+    const NAME: &'static str = "slot";
+    const NOUN: &'static str = "record";
+    const MAGIC: &'static [u8] = b"CGtl";
+    const FEEDS_SEEDS: bool = true;
 
-impl SlotTarget {
-    pub fn new() -> Self {
-        let mut seeds: Vec<Vec<u8>> = corpus("slot").into_iter().map(|(_, b)| b).collect();
-        seeds.extend(sample_slots().into_iter().map(|(_, r)| r.encode()));
-        SlotTarget {
-            seeds,
-            pending: None,
-            counts: Counts::default(),
+    fn samples() -> Vec<(&'static str, Self)> {
+        sample_slots()
+    }
+    fn random(rng: &mut Rng) -> Self {
+        let events = rng.len(300);
+        let mut r = random_slot(rng, events);
+        if rng.one_in(4) {
+            let other = random_slot(rng, 20);
+            r.absorb(&other);
         }
-    }
-}
-
-impl Target for SlotTarget {
-    fn name(&self) -> &'static str {
-        "slot"
-    }
-
-    fn generate(&mut self, rng: &mut Rng) -> Vec<u8> {
         if rng.one_in(3) {
-            let events = rng.len(300);
-            let mut r = random_slot(rng, events);
-            if rng.one_in(4) {
-                let other = random_slot(rng, 20);
-                r.absorb(&other);
-            }
-            if rng.one_in(3) {
-                tamper(rng, &mut r);
-            }
-            let bytes = r.encode();
-            // Fresh valid records feed the mutation strategies too.
-            if self.seeds.len() < 64 && slot_valid(&r) && rng.one_in(16) {
-                self.seeds.push(bytes.clone());
-            }
-            self.pending = Some(r);
-            bytes
-        } else {
-            mutated(rng, &self.seeds, b"CGtl")
+            tamper(rng, &mut r);
         }
+        r
     }
-
-    fn check(&mut self, input: &[u8]) -> Result<(), String> {
-        let decoded = SlotRecord::decode(input);
-        if let Some(value) = self.pending.take() {
-            self.counts.from_values += 1;
-            let want = slot_valid(&value).then_some(value);
-            if decoded != want {
-                return Err(format!("encoded {want:?}, decoded {decoded:?}"));
-            }
-        }
+    fn to_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        SlotRecord::decode(bytes)
+    }
+    fn valid(&self) -> bool {
+        slot_valid(self)
+    }
+    /// `owner_of` (the cheap read of the owner) never panics and agrees with the decoder.
+    fn check_extra(input: &[u8], decoded: Option<&Self>) -> Result<(), String> {
         let owner = SlotRecord::owner_of(input);
         match decoded {
-            Some(r) => {
-                self.counts.accepted += 1;
-                if r.encode() != input {
-                    return Err(format!("{r:?} decoded from bytes it does not encode to"));
-                }
-                if !slot_valid(&r) {
-                    return Err(format!(
-                        "accepted a record that breaks the invariants: {r:?}"
-                    ));
-                }
-                if owner != Some(r.owner) {
-                    return Err(format!("owner_of says {owner:?}, the record {}", r.owner));
-                }
+            Some(r) if owner != Some(r.owner) => {
+                Err(format!("owner_of says {owner:?}, the record {}", r.owner))
             }
-            None => self.counts.rejected += 1,
+            _ => Ok(()),
         }
-        Ok(())
-    }
-
-    fn seeds(&self) -> Vec<Vec<u8>> {
-        self.seeds.clone()
-    }
-
-    fn summary(&self) -> String {
-        self.counts.summary()
     }
 }
 
-pub struct LeaseTarget {
+impl Codec for Lease {
+    const NAME: &'static str = "lease";
+    const NOUN: &'static str = "lease";
+    const MAGIC: &'static [u8] = b"CGls";
+
+    fn samples() -> Vec<(&'static str, Self)> {
+        sample_leases()
+    }
+    fn random(rng: &mut Rng) -> Self {
+        Lease {
+            token: rng.interesting_u64(),
+            kind: if rng.one_in(2) {
+                HolderKind::Worker
+            } else {
+                HolderKind::Singleton
+            },
+            expires_ms: rng.interesting_u64(),
+        }
+    }
+    fn to_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Lease::decode(bytes)
+    }
+    /// Every lease is valid: a random one must decode back exactly.
+    fn valid(&self) -> bool {
+        true
+    }
+}
+
+/// One fuzz target per codec.
+pub struct CodecTarget<C: Codec> {
     seeds: Vec<Vec<u8>>,
-    pending: Option<Lease>,
+    pending: Option<C>,
     counts: Counts,
 }
 
-impl LeaseTarget {
+pub type StateTarget = CodecTarget<CanaryState>;
+pub type SlotTarget = CodecTarget<SlotRecord>;
+pub type LeaseTarget = CodecTarget<Lease>;
+
+impl<C: Codec> CodecTarget<C> {
     pub fn new() -> Self {
-        let mut seeds: Vec<Vec<u8>> = corpus("lease").into_iter().map(|(_, b)| b).collect();
-        seeds.extend(sample_leases().into_iter().map(|(_, l)| l.encode()));
-        LeaseTarget {
+        let mut seeds: Vec<Vec<u8>> = corpus(C::NAME).into_iter().map(|(_, b)| b).collect();
+        seeds.extend(C::samples().iter().map(|(_, v)| v.to_bytes()));
+        CodecTarget {
             seeds,
             pending: None,
             counts: Counts::default(),
@@ -703,47 +677,52 @@ impl LeaseTarget {
     }
 }
 
-impl Target for LeaseTarget {
+impl<C: Codec> Target for CodecTarget<C> {
     fn name(&self) -> &'static str {
-        "lease"
+        C::NAME
     }
 
     fn generate(&mut self, rng: &mut Rng) -> Vec<u8> {
         if rng.one_in(3) {
-            let l = Lease {
-                token: rng.interesting_u64(),
-                kind: if rng.one_in(2) {
-                    HolderKind::Worker
-                } else {
-                    HolderKind::Singleton
-                },
-                expires_ms: rng.interesting_u64(),
-            };
-            self.pending = Some(l);
-            l.encode()
+            let value = C::random(rng);
+            let bytes = value.to_bytes();
+            // Fresh valid records feed the mutation strategies too.
+            if C::FEEDS_SEEDS && self.seeds.len() < 64 && value.valid() && rng.one_in(16) {
+                self.seeds.push(bytes.clone());
+            }
+            self.pending = Some(value);
+            bytes
         } else {
-            mutated(rng, &self.seeds, b"CGls")
+            mutated(rng, &self.seeds, C::MAGIC)
         }
     }
 
     fn check(&mut self, input: &[u8]) -> Result<(), String> {
-        let decoded = Lease::decode(input);
+        let decoded = C::from_bytes(input);
         if let Some(value) = self.pending.take() {
             self.counts.from_values += 1;
-            if decoded != Some(value) {
-                return Err(format!("encoded {value:?}, decoded {decoded:?}"));
+            let value = value.stored();
+            let want = value.valid().then_some(value);
+            if decoded != want {
+                return Err(format!("encoded {want:?}, decoded {decoded:?}"));
             }
         }
-        match decoded {
-            Some(l) => {
+        match &decoded {
+            Some(v) => {
                 self.counts.accepted += 1;
-                if l.encode() != input {
-                    return Err(format!("{l:?} decoded from bytes it does not encode to"));
+                if v.to_bytes() != input {
+                    return Err(format!("{v:?} decoded from bytes it does not encode to"));
+                }
+                if !v.valid() {
+                    return Err(format!(
+                        "accepted a {} that breaks the invariants: {v:?}",
+                        C::NOUN
+                    ));
                 }
             }
             None => self.counts.rejected += 1,
         }
-        Ok(())
+        C::check_extra(input, decoded.as_ref())
     }
 
     fn seeds(&self) -> Vec<Vec<u8>> {
