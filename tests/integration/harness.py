@@ -510,6 +510,13 @@ class Proxy(Envoy):
         return LoadGenerator((url or self.url) + path, rate=rate, headers=headers,
                              connections=connections)
 
+    def wait_more_requests(self, n: int, after: str, timeout: float = 15.0) -> None:
+        """Waits until the ingress listener has taken `n` more requests than now (traffic from a
+        running load generator), e.g. to prove a rolled-back canary gets none of them."""
+        sent = self.stat("http.ingress.downstream_rq_total", 0)
+        self.wait_for(lambda: self.stat("http.ingress.downstream_rq_total", 0) >= sent + n, timeout,
+                      f"{n} more requests {after}")
+
     # -- LDS mode --------------------------------------------------------------
     def listener(self, name: str = "ingress") -> dict:
         return next(l for l in self.listeners if l["name"] == name)

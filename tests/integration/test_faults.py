@@ -106,9 +106,7 @@ def test_unreachable_canary_is_rolled_back_and_stable_is_unaffected(launcher, ba
         # The canary gets no connection attempt after the rollback (requests in flight landed).
         time.sleep(0.3)
         attempts = proxy.stat("cluster.web-canary.upstream_cx_total")
-        sent = proxy.stat("http.ingress.downstream_rq_total")
-        proxy.wait_for(lambda: proxy.stat("http.ingress.downstream_rq_total") >= sent + 100, 15,
-                       "100 more requests after the rollback")
+        proxy.wait_more_requests(100, "after the rollback")
     records = load.timed_records()
     assert proxy.stat("cluster.web-canary.upstream_cx_total") == attempts, "the rolled-back canary was tried"
     assert proxy.stat("cluster.web-canary.upstream_cx_connect_fail") > 0, "connections were refused"
@@ -146,10 +144,8 @@ def test_hanging_canary_times_out_counts_as_failure_and_latency_and_is_rolled_ba
         backends.set_canary_fault(delay_ms=600_000)
         zero_at = wait_weight_zero(proxy)
         time.sleep(0.5)  # let requests in flight land (each takes at most the route timeout)
-        sent = proxy.stat("http.ingress.downstream_rq_total")
         canary_rq = proxy.stat("cluster.web-canary.upstream_rq_total")
-        proxy.wait_for(lambda: proxy.stat("http.ingress.downstream_rq_total") >= sent + 100, 15,
-                       "100 more requests after the rollback")
+        proxy.wait_more_requests(100, "after the rollback")
     records = load.timed_records()
     assert proxy.stat("cluster.web-canary.upstream_rq_total") == canary_rq, "the rolled-back canary got requests"
 

@@ -153,9 +153,7 @@ def test_failed_revision_stays_failed_on_reload_and_a_new_revision_starts_over(
 
         # (b) same revision: still Failed, weight 0, no canary traffic.
         t0, t1 = reload_same_revision(proxy, cfg, mode)
-        sent = proxy.stat("http.ingress.downstream_rq_total")
-        proxy.wait_for(lambda: proxy.stat("http.ingress.downstream_rq_total") >= sent + 100, 15,
-                       "100 more requests after the reload")
+        proxy.wait_more_requests(100, "after the reload")
         failed_after = snapshot(proxy)
         assert canary_upstream_requests(proxy) == canary_rq, "the failed revision got traffic"
 
