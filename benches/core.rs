@@ -30,24 +30,9 @@ use std::time::{Duration, Instant};
 const REPS: usize = 9;
 const MIN_BATCH: Duration = Duration::from_millis(20);
 
-/// The README example: header affinity, one `match` rule, two 10 s metrics, 1 s interval.
-const EXAMPLE: &str = r#"{
-  "name": "web",
-  "revision": "v2",
-  "upstreams": {"header": "x-canary-upstream", "stable": "web-stable", "canary": "web-canary"},
-  "sessionAffinity": {"header": "x-user-id"},
-  "analysis": {
-    "interval": "1s",
-    "threshold": 3,
-    "stepWeights": [1, 5, 10, 25, 50],
-    "minRequests": 20,
-    "match": [{"headers": {"x-canary": {"exact": "insider"}}}],
-    "metrics": [
-      {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "10s"},
-      {"name": "request-duration", "thresholdRange": {"max": 500}, "interval": "10s"}
-    ]
-  }
-}"#;
+/// The README example (the unit tests' too): header affinity, one `match` rule, two 10 s
+/// metrics, 1 s interval, steps 1, 5, 10, 25, 50.
+const EXAMPLE: &str = include_str!("../tests/data/example-config.json");
 
 /// 20 latencies (µs) that fall in 20 distinct histogram buckets.
 const LATENCIES: [u64; 20] = [

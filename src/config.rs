@@ -829,26 +829,8 @@ fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricChec
 pub(crate) mod tests {
     use super::*;
 
-    pub const EXAMPLE: &str = r#"{
-      "name": "web",
-      "revision": "v2",
-      "upstreams": {"header": "x-canary-upstream", "stable": "web-stable", "canary": "web-canary"},
-      "sessionAffinity": {"header": "x-user-id"},
-      "analysis": {
-        "interval": "1s",
-        "threshold": 3,
-        "stepWeight": 10,
-        "maxWeight": 50,
-        "stepWeights": [1, 5, 10, 25, 50],
-        "stepWeightPromotion": 0,
-        "minRequests": 20,
-        "match": [{"headers": {"x-canary": {"exact": "insider"}}}],
-        "metrics": [
-          {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "10s"},
-          {"name": "request-duration", "thresholdRange": {"max": 500}, "interval": "10s"}
-        ]
-      }
-    }"#;
+    /// The README example (also the core benchmark's configuration).
+    pub const EXAMPLE: &str = include_str!("../tests/data/example-config.json");
 
     pub fn example() -> Config {
         parse(EXAMPLE.as_bytes()).unwrap()
