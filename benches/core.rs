@@ -15,11 +15,12 @@
 use canary_guard::analyser::Analyser;
 use canary_guard::config::{parse, Config};
 use canary_guard::host::{HostError, Level, SetError, SharedStore, Stat, Telemetry};
-use canary_guard::keys::Keys;
-use canary_guard::lease::HolderKind;
-use canary_guard::routing::{decide, Side};
-use canary_guard::slots::SlotPublisher;
+use canary_guard::outcome::Side;
+use canary_guard::routing::decide;
 use canary_guard::state::{CanaryState, Phase};
+use canary_guard::store::lease::HolderKind;
+use canary_guard::store::slots::SlotPublisher;
+use canary_guard::store::Keys;
 use canary_guard::tally::{bucket_ms_for, SlotRecord};
 use canary_guard::worker::Worker;
 use std::cell::{Cell, RefCell};

@@ -1,5 +1,7 @@
 //! The small traits through which the logic reaches the host. The proxy-wasm adapter implements
-//! them over Envoy's ABI; tests implement them with an in-memory fake (see `fake_host`).
+//! them over Envoy's ABI; tests implement them with an in-memory fake (`testkit::fake_host`).
+
+use std::cell::{Cell, RefCell};
 
 /// Proxy shared data (one process-wide table per `vm_id`). Semantics follow proxy-wasm-cpp-host:
 /// every successful write gets a new non-zero cas; a write with cas 0 is unconditional; a write
@@ -52,10 +54,14 @@ pub enum Stat {
     /// Requests that found a state value they could not decode (and went to stable): a torn
     /// or corrupt read would show here.
     StateUnreadable,
+    /// Host calls that failed (not a CAS mismatch, which is contention, not failure), by kind.
+    HostErrorsGetSharedData,
+    HostErrorsSetSharedData,
+    HostErrorsSetHeader,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 16] = [
+    pub const ALL: [Stat; 19] = [
         Stat::Weight,
         Stat::Phase,
         Stat::FailedChecks,
@@ -72,6 +78,9 @@ impl Stat {
         Stat::TalliedStable5xx,
         Stat::SharedBytes,
         Stat::StateUnreadable,
+        Stat::HostErrorsGetSharedData,
+        Stat::HostErrorsSetSharedData,
+        Stat::HostErrorsSetHeader,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -92,6 +101,9 @@ impl Stat {
             Stat::TalliedStable5xx => "tallied_stable_5xx",
             Stat::SharedBytes => "shared_bytes",
             Stat::StateUnreadable => "state_unreadable",
+            Stat::HostErrorsGetSharedData => "host_errors.get_shared_data",
+            Stat::HostErrorsSetSharedData => "host_errors.set_shared_data",
+            Stat::HostErrorsSetHeader => "host_errors.set_header",
         }
     }
 
@@ -119,4 +131,102 @@ pub trait Telemetry {
     fn gauge(&mut self, canary: &str, stat: Stat, value: u64);
     fn count(&mut self, canary: &str, stat: Stat, delta: u64);
     fn log(&mut self, level: Level, message: &str);
+    /// Defines every stat of a canary up front, so that all show in /stats from the start.
+    fn define_all(&mut self, _canary: &str) {}
+}
+
+/// What a root context asks of the host besides shared data and telemetry.
+pub trait RootHost {
+    /// Host clock (Unix epoch), `None` when the host cannot tell.
+    fn now_ns(&self) -> Option<u64>;
+    /// Random bits from the host, `None` when it has none.
+    fn random_u64(&self) -> Option<u64>;
+    /// Asks for `on_tick` every `ms`; false when the host refused.
+    fn set_tick_period_ms(&mut self, ms: u32) -> bool;
+}
+
+/// What one HTTP stream asks of the host: its header maps and the clock.
+pub trait HttpHost {
+    fn now_ns(&self) -> Option<u64>;
+    /// A request header's value as raw bytes; `None` when absent or on error.
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Sets (replaces) a request header; false when the host refused.
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool;
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    fn add_response_header(&mut self, name: &str, value: &str) -> bool;
+}
+
+/// Host calls that failed since they were last reported, and the last one in words (for the
+/// debug log). Shared by a root context and its HTTP streams, hence the cells.
+#[derive(Debug, Default)]
+pub struct HostErrors {
+    get_shared_data: Cell<u64>,
+    set_shared_data: Cell<u64>,
+    set_header: Cell<u64>,
+    last: RefCell<Option<String>>,
+}
+
+impl HostErrors {
+    fn bump(&self, counter: &Cell<u64>, what: impl FnOnce() -> String) {
+        counter.set(counter.get() + 1);
+        *self.last.borrow_mut() = Some(what());
+    }
+
+    pub fn set_header_failed(&self, name: &str) {
+        self.bump(&self.set_header, || {
+            format!("replace request header {name}")
+        });
+    }
+
+    /// Reports and clears the counts: the counters of `canary`, and one debug line.
+    pub fn report(&self, canary: &str, tel: &mut dyn Telemetry) {
+        let mut any = 0;
+        for (stat, counter) in [
+            (Stat::HostErrorsGetSharedData, &self.get_shared_data),
+            (Stat::HostErrorsSetSharedData, &self.set_shared_data),
+            (Stat::HostErrorsSetHeader, &self.set_header),
+        ] {
+            let n = counter.replace(0);
+            if n > 0 {
+                tel.count(canary, stat, n);
+                any += n;
+            }
+        }
+        if let Some(last) = self.last.borrow_mut().take() {
+            tel.log(
+                Level::Debug,
+                &format!("canary {canary}: {any} host call(s) failed since the last report, the last: {last}"),
+            );
+        }
+    }
+}
+
+/// A store that counts the host failures of another (a CAS mismatch is not one) in `errors`.
+pub struct Watched<'a> {
+    pub store: &'a dyn SharedStore,
+    pub errors: &'a HostErrors,
+}
+
+impl SharedStore for Watched<'_> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        let got = self.store.get(key);
+        if let Err(HostError(status)) = got {
+            let e = self.errors;
+            e.bump(&e.get_shared_data, || {
+                format!("get_shared_data {key}: status {status}")
+            });
+        }
+        got
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
+        let set = self.store.set(key, value, cas);
+        if let Err(SetError::Host(HostError(status))) = set {
+            let e = self.errors;
+            e.bump(&e.set_shared_data, || {
+                format!("set_shared_data {key}: status {status}")
+            });
+        }
+        set
+    }
 }

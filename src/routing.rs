@@ -4,47 +4,22 @@
 //! never chooses: the decision ignores the routing header and the filter overwrites it.
 
 use crate::config::{Affinity, Config};
+use crate::hashing::{fnv1a, mix64, FNV_OFFSET};
 use crate::matcher::any_matches;
+use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Stable,
-    Canary,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// No analysis state for this revision yet, or it could not be read.
-    NoState,
-    /// The analysis rolled this revision back.
-    Failed,
-    /// No analysis state was found for this revision (first load or restart) and it is held at
-    /// weight 0 until the revision changes or an approval is in effect.
-    Waiting,
-    /// The canary was promoted: all traffic.
-    Promoted,
-    /// An A/B `match` rule selected the canary.
-    Match,
-    /// The session-affinity hash fell below the weight (or not).
-    Affinity,
-    /// A random draw fell below the weight (or not).
-    Weight,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub side: Side,
-    pub reason: Reason,
     /// `Set-Cookie` value to add to the response (cookie affinity, first visit).
     pub set_cookie: Option<String>,
 }
 
 impl Decision {
-    fn new(side: Side, reason: Reason) -> Self {
+    fn new(side: Side) -> Self {
         Decision {
             side,
-            reason,
             set_cookie: None,
         }
     }
@@ -61,43 +36,37 @@ pub fn decide(
     random: u64,
 ) -> Decision {
     let Some(state) = state.filter(|s| s.revision == cfg.revision) else {
-        return Decision::new(Side::Stable, Reason::NoState);
+        return Decision::new(Side::Stable);
     };
     match state.phase {
-        Phase::Initializing => return Decision::new(Side::Stable, Reason::NoState),
-        Phase::Failed => return Decision::new(Side::Stable, Reason::Failed),
-        Phase::Waiting => return Decision::new(Side::Stable, Reason::Waiting),
-        Phase::Succeeded => return Decision::new(Side::Canary, Reason::Promoted),
+        // Not started, rolled back, or held: nothing reaches the canary, not even match traffic.
+        Phase::Initializing | Phase::Failed | Phase::Waiting => return Decision::new(Side::Stable),
+        Phase::Succeeded => return Decision::new(Side::Canary),
         Phase::Progressing | Phase::Promoting => {}
     }
     if any_matches(&cfg.analysis.matches, header) {
-        return Decision::new(Side::Canary, Reason::Match);
+        return Decision::new(Side::Canary);
     }
     let weight = u64::from(state.weight.min(100));
     match &cfg.affinity {
-        Affinity::None => Decision::new(pick(random % 100, weight), Reason::Weight),
+        Affinity::None => Decision::new(pick(random % 100, weight)),
         Affinity::Header(name) => match header(name) {
-            Some(value) if !value.is_empty() => Decision::new(
-                pick(user_bucket(&cfg.name, &value), weight),
-                Reason::Affinity,
-            ),
+            Some(value) if !value.is_empty() => {
+                Decision::new(pick(user_bucket(&cfg.name, &value), weight))
+            }
             // No identity: this request is not sticky.
-            _ => Decision::new(pick(random % 100, weight), Reason::Weight),
+            _ => Decision::new(pick(random % 100, weight)),
         },
         Affinity::Cookie { name, max_age_s } => {
             let cookies = header("cookie").unwrap_or_default();
             match cookie_value(&cookies, name.as_bytes()) {
-                Some(value) if !value.is_empty() => Decision::new(
-                    pick(user_bucket(&cfg.name, value), weight),
-                    Reason::Affinity,
-                ),
+                Some(value) if !value.is_empty() => {
+                    Decision::new(pick(user_bucket(&cfg.name, value), weight))
+                }
                 _ => {
                     // First visit: mint an identity, route by it, and hand it to the client.
                     let id = format!("{random:016x}");
-                    let mut d = Decision::new(
-                        pick(user_bucket(&cfg.name, id.as_bytes()), weight),
-                        Reason::Affinity,
-                    );
+                    let mut d = Decision::new(pick(user_bucket(&cfg.name, id.as_bytes()), weight));
                     d.set_cookie = Some(format!("{name}={id}; Max-Age={max_age_s}; Path=/"));
                     d
                 }
@@ -118,25 +87,10 @@ fn pick(bucket: u64, weight: u64) -> Side {
 /// when `b < weight`, so once on the canary a user stays there while the weight rises.
 /// Salted with the canary name so different canaries pick different users.
 pub fn user_bucket(canary: &str, identity: &[u8]) -> u64 {
-    let mut h = fnv1a(0xcbf2_9ce4_8422_2325, canary.as_bytes());
+    let mut h = fnv1a(FNV_OFFSET, canary.as_bytes());
     h = fnv1a(h, &[0xff]);
     h = fnv1a(h, identity);
     mix64(h) % 100
-}
-
-pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// SplitMix64 finaliser: spreads FNV's low bits before the modulo.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Finds a cookie's value in a `Cookie` header, tolerating junk: pairs without `=`, stray
@@ -187,10 +141,7 @@ mod tests {
 
     fn share_on_canary(cfg: &Config, st: &CanaryState) -> usize {
         (0..10_000u64)
-            .filter(|r| {
-                decide(cfg, Some(st), &mut no_headers, crate::routing::mix64(*r)).side
-                    == Side::Canary
-            })
+            .filter(|r| decide(cfg, Some(st), &mut no_headers, mix64(*r)).side == Side::Canary)
             .count()
     }
 
@@ -204,11 +155,7 @@ mod tests {
             ..CanaryState::new("v1", 0)
         };
         let d = decide(&cfg, Some(&other), &mut no_headers, 0);
-        assert_eq!(
-            (d.side, d.reason),
-            (Side::Stable, Reason::NoState),
-            "state of another revision"
-        );
+        assert_eq!(d.side, Side::Stable, "state of another revision");
     }
 
     #[test]
@@ -228,13 +175,9 @@ mod tests {
         let cfg = example();
         let mut insider = |n: &str| (n == "x-canary").then(|| b"insider".to_vec());
         let d = decide(&cfg, Some(&state(Phase::Failed, 50)), &mut insider, 0);
-        assert_eq!(
-            (d.side, d.reason),
-            (Side::Stable, Reason::Failed),
-            "match rules stop after a rollback"
-        );
+        assert_eq!(d.side, Side::Stable, "match rules stop after a rollback");
         let d = decide(&cfg, Some(&state(Phase::Succeeded, 0)), &mut no_headers, 99);
-        assert_eq!((d.side, d.reason), (Side::Canary, Reason::Promoted));
+        assert_eq!(d.side, Side::Canary);
     }
 
     #[test]
@@ -248,11 +191,11 @@ mod tests {
         let waiting = state(Phase::Waiting, 0);
         for r in 0..1000 {
             let d = decide(&cfg, Some(&waiting), &mut insider, r);
-            assert_eq!((d.side, d.reason), (Side::Stable, Reason::Waiting));
+            assert_eq!(d.side, Side::Stable);
         }
         // Even a Waiting state carrying a weight (rejected by the codec) routes to stable.
         let d = decide(&cfg, Some(&state(Phase::Waiting, 100)), &mut insider, 0);
-        assert_eq!((d.side, d.reason), (Side::Stable, Reason::Waiting));
+        assert_eq!(d.side, Side::Stable);
     }
 
     #[test]
@@ -260,7 +203,7 @@ mod tests {
         let cfg = example();
         let mut insider = |n: &str| (n == "x-canary").then(|| b"insider".to_vec());
         let d = decide(&cfg, Some(&state(Phase::Progressing, 0)), &mut insider, 99);
-        assert_eq!((d.side, d.reason), (Side::Canary, Reason::Match));
+        assert_eq!(d.side, Side::Canary);
     }
 
     #[test]

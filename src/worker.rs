@@ -2,11 +2,13 @@
 //! worker-local tally, and publishes on its tick (never a shared write on the request path).
 
 use crate::config::Config;
+use crate::hashing::{mix64, Xorshift64};
 use crate::host::{SharedStore, Stat, Telemetry};
-use crate::keys::{Keys, REGISTRY};
-use crate::routing::{decide, mix64, Decision, Side};
-use crate::slots::{Publish, SlotPublisher};
+use crate::outcome::Side;
+use crate::routing::{decide, Decision};
 use crate::state::CanaryState;
+use crate::store::slots::{Publish, SlotPublisher};
+use crate::store::{registry, Keys};
 use crate::tally::{bucket_ms_for, Totals};
 
 /// How often a worker re-checks that its configuration is the one published for the singleton.
@@ -27,7 +29,7 @@ pub struct Worker {
     /// Requests since the last tick whose state value was present but undecodable.
     unreadable_states: u64,
     dirty: bool,
-    rng: u64,
+    rng: Xorshift64,
     now_ms: u64,
     config_checked_ms: Option<u64>,
     /// The state as last read, and when (host clock, µs).
@@ -46,7 +48,7 @@ impl Worker {
             unreported: Totals::default(),
             unreadable_states: 0,
             dirty: false,
-            rng: mix64(token ^ now_ms),
+            rng: Xorshift64::from_state(mix64(token ^ now_ms)),
             now_ms,
             config_checked_ms: None,
             state: None,
@@ -87,11 +89,9 @@ impl Worker {
             self.state = self.read_state(store);
             self.state_read_us = now_us;
         }
-        // xorshift64*: a cheap per-worker stream; seeded from the random token.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        decide(&self.cfg, self.state.as_ref(), header, mix64(self.rng))
+        // A cheap per-worker xorshift stream seeded from the random token, whitened by mix64.
+        let draw = mix64(self.rng.next_u64());
+        decide(&self.cfg, self.state.as_ref(), header, draw)
     }
 
     /// Records one finished request. `status` 0 = no response was sent.
@@ -133,7 +133,7 @@ impl Worker {
             return;
         }
         let first = self.config_checked_ms.is_none();
-        let registered = register(store, &self.cfg.name);
+        let registered = registry::register(store, &self.cfg.name);
         let current = match store.get(&self.keys.config) {
             Ok(v) => v,
             Err(_) => return,
@@ -194,49 +194,12 @@ impl Worker {
     }
 }
 
-/// Adds a canary name to the registry the singleton reads (CAS loop: concurrent registrants
-/// retry on a stale cas instead of overwriting each other).
-pub fn register(store: &dyn SharedStore, name: &str) -> bool {
-    for _ in 0..8 {
-        let (list, cas) = match store.get(REGISTRY) {
-            Ok(Some((bytes, cas))) => (String::from_utf8(bytes).unwrap_or_default(), cas),
-            Ok(None) => (String::new(), 0),
-            Err(_) => return false,
-        };
-        if list.lines().any(|l| l == name) {
-            return true;
-        }
-        let mut next = list;
-        if !next.is_empty() {
-            next.push('\n');
-        }
-        next.push_str(name);
-        if store.set(REGISTRY, next.as_bytes(), cas).is_ok() && cas != 0 {
-            return true;
-        }
-        // cas 0 (absent key) cannot be CAS-created: loop to read back and confirm.
-    }
-    false
-}
-
-/// Names in the registry (invalid entries are skipped).
-pub fn registered(store: &dyn SharedStore) -> Vec<String> {
-    match store.get(REGISTRY) {
-        Ok(Some((bytes, _))) => String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| !l.is_empty() && l.len() <= 63)
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::tests::{example, EXAMPLE};
-    use crate::fake_host::{FakeStore, FakeTelemetry};
     use crate::state::Phase;
+    use crate::testkit::fake_host::{FakeStore, FakeTelemetry};
 
     fn worker(token: u64) -> Worker {
         Worker::new(example(), EXAMPLE.as_bytes().to_vec(), token, 0)
@@ -338,17 +301,8 @@ mod tests {
             s.raw("canary-guard/web/config").unwrap(),
             EXAMPLE.as_bytes()
         );
-        assert_eq!(registered(&s), vec!["web".to_string()]);
+        assert_eq!(registry::registered(&s), vec!["web".to_string()]);
         w.tick(&s, &mut t, 200);
         assert_eq!(t.counter_of("web", Stat::Canary5xx), 1, "counted once");
-    }
-
-    #[test]
-    fn registry_keeps_every_name() {
-        let s = FakeStore::default();
-        assert!(register(&s, "web"));
-        assert!(register(&s, "api"));
-        assert!(register(&s, "web"));
-        assert_eq!(registered(&s), vec!["web".to_string(), "api".to_string()]);
     }
 }

@@ -22,10 +22,10 @@
     clippy::indexing_slicing
 )]
 
-use canary_guard::analysis::{check, is_due, start, Event, Logged};
-use canary_guard::checks::{evaluate, MetricResult};
 use canary_guard::config::{parse, Config, Steps};
+use canary_guard::metrics::{evaluate, MetricResult};
 use canary_guard::state::{CanaryState, Phase};
+use canary_guard::state_machine::{check, is_due, start, Event, Logged};
 use canary_guard::tally::Tally;
 use proptest::prelude::*;
 use serde_json::{json, Value};

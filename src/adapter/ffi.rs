@@ -4,6 +4,9 @@
 
 use std::ptr::{null, null_mut};
 
+/// proxy_log level for a panic message (critical).
+pub const LOG_CRITICAL: u32 = 5;
+
 pub const OK: u32 = 0;
 pub const NOT_FOUND: u32 = 1;
 pub const CAS_MISMATCH: u32 = 8;
@@ -98,10 +101,6 @@ pub fn now_ns() -> Option<u64> {
     let mut t: u64 = 0;
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
     (status == OK).then_some(t)
-}
-
-pub fn now_ms() -> Option<u64> {
-    now_ns().map(|t| t / 1_000_000)
 }
 
 pub fn set_tick_period_ms(ms: u32) -> bool {

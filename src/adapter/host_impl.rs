@@ -1,7 +1,7 @@
 //! The host traits implemented over the proxy-wasm ABI.
 
 use super::ffi;
-use crate::host::{HostError, Level, SetError, SharedStore, Stat, Telemetry};
+use crate::host::{HostError, HttpHost, Level, RootHost, SetError, SharedStore, Stat, Telemetry};
 use hashbrown::HashMap;
 
 pub struct HostStore;
@@ -40,13 +40,6 @@ impl HostTelemetry {
         self.ids.insert((canary.to_string(), stat), id);
         id
     }
-
-    /// Defines every stat of a canary up front so all show in /stats from the start.
-    pub fn define_all(&mut self, canary: &str) {
-        for stat in Stat::ALL {
-            self.id(canary, stat);
-        }
-    }
 }
 
 impl Telemetry for HostTelemetry {
@@ -70,5 +63,51 @@ impl Telemetry for HostTelemetry {
             Level::Error => 4,
         };
         ffi::log(level, message);
+    }
+
+    fn define_all(&mut self, canary: &str) {
+        for stat in Stat::ALL {
+            self.id(canary, stat);
+        }
+    }
+}
+
+pub struct HostRoot;
+
+impl RootHost for HostRoot {
+    fn now_ns(&self) -> Option<u64> {
+        ffi::now_ns()
+    }
+
+    fn random_u64(&self) -> Option<u64> {
+        ffi::random_u64()
+    }
+
+    fn set_tick_period_ms(&mut self, ms: u32) -> bool {
+        ffi::set_tick_period_ms(ms)
+    }
+}
+
+pub struct HostHttp;
+
+impl HttpHost for HostHttp {
+    fn now_ns(&self) -> Option<u64> {
+        ffi::now_ns()
+    }
+
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        ffi::header(ffi::REQUEST_HEADERS, name)
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool {
+        ffi::replace_header(ffi::REQUEST_HEADERS, name, value)
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        ffi::header(ffi::RESPONSE_HEADERS, name)
+    }
+
+    fn add_response_header(&mut self, name: &str, value: &str) -> bool {
+        ffi::add_header(ffi::RESPONSE_HEADERS, name, value)
     }
 }

@@ -12,9 +12,9 @@ use crate::rng::Rng;
 use crate::{corpus, root, Target};
 use canary_guard::checksum::checksum;
 use canary_guard::histogram::Histogram;
-use canary_guard::lease::{HolderKind, Lease};
-use canary_guard::routing::Side;
+use canary_guard::outcome::Side;
 use canary_guard::state::{CanaryState, Phase};
+use canary_guard::store::lease::{HolderKind, Lease};
 use canary_guard::tally::{Bucket, SlotRecord, Tally};
 
 const TRAILER: usize = 8;

@@ -10,14 +10,14 @@
 use crate::mutate::{havoc, MAX_INPUT};
 use crate::rng::Rng;
 use crate::{corpus, Target};
-use canary_guard::analysis::{check, is_due, start};
-use canary_guard::checks::evaluate;
 use canary_guard::config::{
     parse, parse_plugin, Affinity, Config, MetricKind, Plugin, Steps, MAX_WINDOW_MS,
     MIN_INTERVAL_MS,
 };
+use canary_guard::metrics::evaluate;
 use canary_guard::routing::decide;
 use canary_guard::state::{CanaryState, Phase};
+use canary_guard::state_machine::{check, is_due, start};
 use canary_guard::tally::{bucket_ms_for, Tally};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -420,11 +420,11 @@ fn invariants(c: &Config) -> Result<(), String> {
         }
         let bounds_ok = [m.min, m.max].into_iter().flatten().all(|v| match m.kind {
             MetricKind::SuccessRate => (0.0..=100.0).contains(&v),
-            MetricKind::Duration => v.is_finite() && v >= 0.0,
+            MetricKind::Duration { .. } => v.is_finite() && v >= 0.0,
         });
         let percentile_ok = match m.kind {
             MetricKind::SuccessRate => true,
-            MetricKind::Duration => m.percentile > 0.0 && m.percentile <= 100.0,
+            MetricKind::Duration { percentile } => percentile > 0.0 && percentile <= 100.0,
         };
         if !bounds_ok || !percentile_ok {
             return fail("a metric bound or percentile out of range");

@@ -1,339 +1,23 @@
-//! A deterministic simulation of one proxy, in the spirit of the proxy-wasm Go SDK's `proxytest`:
-//! several worker root contexts (a `Worker` and its `Analyser`, wired as the adapter wires them)
-//! and optionally the bootstrap `Singleton`, sharing one `FakeStore` and one stats sink (Envoy's
-//! stats are process-wide), driven by a simulated clock in 10 ms steps. Each step sends requests
-//! through random workers to a simulated stable or canary backend, then ticks every root context
-//! whose tick period has elapsed (workers: clamp(interval / 10, 20, 100) ms; singleton: 100 ms).
+//! Simulation scenarios: one proxy's worker contexts (and the singleton) as the plugin wires
+//! them, on the test kit's fake host (`canary_guard::testkit::sim`).
 
-use crate::analyser::{Analyser, Singleton, LEASE_TTL_MS};
-use crate::config::{parse, tests::EXAMPLE};
-use crate::fake_host::{FakeStore, FakeTelemetry};
-use crate::host::{HostError, SetError, SharedStore, Stat};
-use crate::keys::Keys;
-use crate::lease::{HolderKind, Lease};
-use crate::routing::{mix64, Side};
-use crate::state::{CanaryState, Phase};
-use crate::tally::Totals;
-use crate::worker::Worker;
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use canary_guard::analyser::{Analyser, LEASE_TTL_MS, WORKER_GRACE_MS};
+use canary_guard::config::parse;
+use canary_guard::host::{HostError, SetError, SharedStore, Stat};
+use canary_guard::state::{CanaryState, Phase};
+use canary_guard::store::lease::HolderKind;
+use canary_guard::store::Keys;
+use canary_guard::testkit::fake_host::{FakeStore, FakeTelemetry};
+use canary_guard::testkit::sim::{config, Mode, Sim, INTERVAL_MS, NAME};
 use serde_json::Value;
 use std::cell::RefCell;
-
-const STEP_MS: u64 = 10;
-const SINGLETON_TICK_MS: u64 = 100;
-const SINGLETON_TOKEN: u64 = 0x5eed;
-const NAME: &str = "web";
-/// `config()`'s analysis interval.
-const INTERVAL_MS: u64 = 500;
-
-/// EXAMPLE with short intervals (checks every 500 ms over 2 s windows, minRequests 5) and
-/// `restartPolicy: restart` (as envoy/envoy.yaml ships: a fresh store starts the analysis), then
-/// the given (JSON pointer, value) replacements or additions.
-fn config(edits: &[(&str, Value)]) -> String {
-    let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
-    v["restartPolicy"] = "restart".into();
-    v["analysis"]["interval"] = "500ms".into();
-    v["analysis"]["minRequests"] = 5.into();
-    for m in v["analysis"]["metrics"].as_array_mut().unwrap() {
-        m["interval"] = "2s".into();
-    }
-    for (pointer, value) in edits {
-        match v.pointer_mut(pointer) {
-            Some(slot) => *slot = value.clone(),
-            None => {
-                let (parent, key) = pointer.rsplit_once('/').unwrap();
-                v.pointer_mut(parent).unwrap()[key] = value.clone();
-            }
-        }
-    }
-    v.to_string()
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    /// A bootstrap singleton analyses (the workers' analysers stand by, as in Envoy).
-    Singleton,
-    /// No singleton: the workers elect a leader (Istio).
-    Leader,
-}
-
-/// The simulated upstreams: error percentage and latency per side.
-struct Backend {
-    stable_5xx_pct: u64,
-    canary_5xx_pct: u64,
-    canary_ms: u64,
-}
-
-/// One worker root context.
-struct Node {
-    worker: Worker,
-    analyser: Analyser,
-    /// The analyser's token (the adapter uses one token for both; tests may share it).
-    token: u64,
-    period: u64,
-    next_tick: u64,
-    ticking: bool,
-    /// Receives requests (a draining or crashed context does not).
-    serving: bool,
-}
-
-struct Sim {
-    store: FakeStore,
-    tel: FakeTelemetry,
-    now: u64,
-    rng: u64,
-    tokens: u64,
-    nodes: Vec<Node>,
-    singleton: Option<(Singleton, u64)>,
-    backend: Backend,
-    /// Requests per step.
-    load: u64,
-    /// Outcomes recorded through the workers, per side.
-    sent: Totals,
-    /// Requests routed while the stored state said Failed.
-    sent_after_failed: Totals,
-    /// Every distinct (revision, phase, weight) the state went through.
-    history: Vec<(String, Phase, u8)>,
-    max_leaders: usize,
-}
-
-impl Sim {
-    fn new(mode: Mode, workers: usize, raw: &str) -> Sim {
-        Sim::starting_at(0, mode, workers, raw)
-    }
-
-    /// A fresh proxy process (empty shared data) whose clock reads `now` (Unix epoch ms).
-    fn starting_at(now: u64, mode: Mode, workers: usize, raw: &str) -> Sim {
-        let mut sim = Sim {
-            store: FakeStore::default(),
-            tel: FakeTelemetry::default(),
-            now,
-            rng: 0x9e37_79b9_7f4a_7c15,
-            tokens: 0,
-            nodes: Vec::new(),
-            singleton: (mode == Mode::Singleton)
-                .then(|| (Singleton::new(SINGLETON_TOKEN), now + 5)),
-            backend: Backend {
-                stable_5xx_pct: 0,
-                canary_5xx_pct: 0,
-                canary_ms: 30,
-            },
-            load: 50,
-            sent: Totals::default(),
-            sent_after_failed: Totals::default(),
-            history: Vec::new(),
-            max_leaders: 0,
-        };
-        for _ in 0..workers {
-            sim.add_worker(raw);
-        }
-        sim
-    }
-
-    fn rand(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
-    }
-
-    fn token(&mut self) -> u64 {
-        self.tokens += 1;
-        mix64(self.tokens)
-    }
-
-    /// A new worker root context, configured now (as `on_configure` builds it).
-    fn add_worker(&mut self, raw: &str) -> usize {
-        let token = self.token();
-        self.add_node(raw, token, token)
-    }
-
-    fn add_node(&mut self, raw: &str, worker_token: u64, analyser_token: u64) -> usize {
-        let cfg = parse(raw.as_bytes()).unwrap();
-        let period = (cfg.analysis.interval_ms / 10).clamp(20, 100);
-        self.nodes.push(Node {
-            analyser: Analyser::for_worker(cfg.clone(), analyser_token, raw.as_bytes().to_vec()),
-            worker: Worker::new(cfg, raw.as_bytes().to_vec(), worker_token, self.now),
-            token: analyser_token,
-            period,
-            next_tick: self.now + 1 + worker_token % period,
-            ticking: true,
-            serving: true,
-        });
-        self.nodes.len() - 1
-    }
-
-    /// `on_done`: the context publishes, releases its slot and lease, and stops.
-    fn shutdown(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        n.worker.shutdown(&self.store, &mut self.tel);
-        n.analyser.shutdown(&self.store, &mut self.tel);
-        n.ticking = false;
-        n.serving = false;
-    }
-
-    /// An xDS update: every live context is reconfigured (shut down and rebuilt with `raw`).
-    fn reconfigure_all(&mut self, raw: &str) {
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].ticking {
-                self.shutdown(i);
-                self.add_worker(raw);
-            }
-        }
-    }
-
-    /// Routes and completes `n` requests through random serving workers; returns the sides.
-    fn send(&mut self, n: u64) -> Totals {
-        let failed = self.state().is_some_and(|s| s.phase == Phase::Failed);
-        let serving: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].serving)
-            .collect();
-        let mut batch = Totals::default();
-        if serving.is_empty() {
-            return batch;
-        }
-        for _ in 0..n {
-            let i = serving[(self.rand() % serving.len() as u64) as usize];
-            let now_us = self.now * 1000;
-            let side = self.nodes[i]
-                .worker
-                .route(&self.store, &mut |_| None, Some(now_us))
-                .side;
-            let (pct, ms) = match side {
-                Side::Stable => (self.backend.stable_5xx_pct, 20),
-                Side::Canary => (self.backend.canary_5xx_pct, self.backend.canary_ms),
-            };
-            let status = if self.rand() % 100 < pct { 503 } else { 200 };
-            let micros = ms * 1000 + self.rand() % 5_000;
-            self.nodes[i].worker.record(side, status, micros);
-            batch.record(side, status);
-        }
-        self.sent.add(&batch);
-        if failed {
-            self.sent_after_failed.add(&batch);
-        }
-        batch
-    }
-
-    fn step(&mut self) {
-        self.send(self.load);
-        for n in self
-            .nodes
-            .iter_mut()
-            .filter(|n| n.ticking && n.next_tick <= self.now)
-        {
-            n.worker.tick(&self.store, &mut self.tel, self.now);
-            n.analyser.tick(&self.store, &mut self.tel, self.now);
-            n.next_tick += n.period;
-        }
-        if let Some((s, next)) = &mut self.singleton {
-            if *next <= self.now {
-                s.tick(&self.store, &mut self.tel, self.now);
-                *next += SINGLETON_TICK_MS;
-            }
-        }
-        if let Some(s) = self.state() {
-            let seen = (s.revision, s.phase, s.weight);
-            if self.history.last() != Some(&seen) {
-                self.history.push(seen);
-            }
-        }
-        self.max_leaders = self.max_leaders.max(self.leaders().len());
-        self.now += STEP_MS;
-    }
-
-    fn run(&mut self, ms: u64) {
-        let end = self.now + ms;
-        while self.now < end {
-            self.step();
-        }
-    }
-
-    /// Steps until `done` holds (true) or `limit_ms` more have passed (false).
-    fn run_until(&mut self, limit_ms: u64, done: impl Fn(&Sim) -> bool) -> bool {
-        let end = self.now + limit_ms;
-        while self.now < end {
-            self.step();
-            if done(self) {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Stops the traffic and lets every context publish and the analyser sum it.
-    fn settle(&mut self) {
-        self.load = 0;
-        self.run(1_000);
-    }
-
-    fn state(&self) -> Option<CanaryState> {
-        CanaryState::decode(&self.store.raw(&Keys::new(NAME).state)?)
-    }
-
-    fn phase(&self) -> Option<Phase> {
-        self.state().map(|s| s.phase)
-    }
-
-    fn weight(&self) -> u8 {
-        self.state().map_or(0, |s| s.weight)
-    }
-
-    fn lease_holder(&self) -> Option<u64> {
-        Lease::decode(&self.store.raw(&Keys::new(NAME).lease)?).map(|l| l.token)
-    }
-
-    /// Indices of the live worker contexts whose analyser believes it leads.
-    fn leaders(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].ticking && self.nodes[*i].analyser.is_leading())
-            .collect()
-    }
-
-    /// The weights one revision's analysis went through, in order.
-    fn weights(&self, revision: &str) -> Vec<u8> {
-        let mut out: Vec<u8> = Vec::new();
-        for (_, _, w) in self.history.iter().filter(|h| h.0 == revision) {
-            if out.last() != Some(w) {
-                out.push(*w);
-            }
-        }
-        out
-    }
-
-    fn counter(&self, stat: Stat) -> u64 {
-        self.tel.counter_of(NAME, stat)
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        self.tel
-            .logs
-            .iter()
-            .filter(|(_, m)| m.contains(needle))
-            .count()
-    }
-
-    /// The analyser's tallied gauges and the workers' counters both equal what was recorded.
-    fn assert_tallies_exact(&self) {
-        let s = &self.sent;
-        for (counter, gauge, want) in [
-            (
-                Stat::StableRequests,
-                Stat::TalliedStableRequests,
-                s.stable_requests,
-            ),
-            (Stat::Stable5xx, Stat::TalliedStable5xx, s.stable_errors),
-            (
-                Stat::CanaryRequests,
-                Stat::TalliedCanaryRequests,
-                s.canary_requests,
-            ),
-            (Stat::Canary5xx, Stat::TalliedCanary5xx, s.canary_errors),
-        ] {
-            assert_eq!(self.tel.gauge_of(NAME, gauge), Some(want), "{gauge:?}");
-            assert_eq!(self.counter(counter), want, "{counter:?}");
-        }
-    }
-}
 
 /// The logged reasons of the (only) rollback.
 fn rollback_line(sim: &Sim) -> String {
@@ -376,7 +60,7 @@ fn singleton_walks_every_step_weight_and_promotes_a_healthy_canary() {
         (sim.counter(Stat::Promotions), sim.counter(Stat::Checks)),
         (1, 5)
     );
-    assert_eq!(sim.lease_holder(), Some(SINGLETON_TOKEN));
+    assert_eq!(sim.lease_holder(), sim.singleton_token());
     assert!(
         sim.leaders().is_empty(),
         "the workers stand by while the singleton holds the lease"
@@ -391,11 +75,11 @@ fn singleton_walks_every_step_weight_and_promotes_a_healthy_canary() {
 #[test]
 fn elected_worker_leader_promotes_a_healthy_canary_alone() {
     let mut sim = Sim::new(Mode::Leader, 4, &config(&[]));
-    sim.run(crate::analyser::WORKER_GRACE_MS + 200); // every worker has ticked past its grace
+    sim.run(WORKER_GRACE_MS + 200); // every worker has ticked past its grace
     let done = sim.run_until(10_000, |s| {
         let leaders = s.leaders();
         assert_eq!(leaders.len(), 1, "exactly one leader at t={}", s.now);
-        assert_eq!(s.lease_holder(), Some(s.nodes[leaders[0]].token));
+        assert_eq!(s.lease_holder(), Some(s.nodes[leaders[0]].root.token()));
         s.phase() == Some(Phase::Succeeded)
     });
     assert!(done, "{:?}", sim.history);
@@ -486,7 +170,7 @@ fn tallies_stay_exact_across_a_shutdown_and_slot_reuse() {
     sim.run(1_515);
     // The leader's context goes away mid-run (between two of its ticks): lease and slot freed.
     let leader = sim.leaders()[0];
-    let slot = sim.nodes[leader].worker.slot_index().unwrap();
+    let slot = sim.nodes[leader].root.slot_index().unwrap();
     sim.send(100); // requests that completed after the last tick
     sim.shutdown(leader);
     sim.run(500);
@@ -494,7 +178,7 @@ fn tallies_stay_exact_across_a_shutdown_and_slot_reuse() {
     let fresh = sim.add_worker(&raw);
     sim.run(1_000);
     assert_eq!(
-        sim.nodes[fresh].worker.slot_index(),
+        sim.nodes[fresh].root.slot_index(),
         Some(slot),
         "the released slot is adopted"
     );
@@ -525,9 +209,10 @@ fn two_leaders_sharing_a_token_never_check_twice_in_an_interval() {
     let raw = config(&[("/analysis/threshold", 1000.into())]);
     let mut sim = Sim::new(Mode::Leader, 0, &raw);
     sim.backend.canary_5xx_pct = 30;
-    let (a, b, shared) = (sim.token(), sim.token(), sim.token());
-    sim.add_node(&raw, a, shared);
-    sim.add_node(&raw, b, shared);
+    // Same context id, same random bits, configured at the same time: the same token.
+    sim.add_node(&raw, 7, 0x5eed);
+    sim.add_node(&raw, 7, 0x5eed);
+    assert_eq!(sim.nodes[0].root.token(), sim.nodes[1].root.token());
     sim.run(200);
     sim.add_worker(&raw); // a third context, which waits for the lease
     let mut both_led = false;
@@ -629,7 +314,7 @@ fn leadership_fails_over_within_the_lease_ttl_when_the_leader_crashes() {
         took_over_ms = sim.leaders().iter().any(|i| *i != crashed).then_some(t);
     }
     let waited = took_over_ms.expect("nobody took over") - crash_ms;
-    let tick = sim.nodes[0].period;
+    let tick = sim.nodes[0].period();
     assert!(
         waited + tick >= LEASE_TTL_MS && waited <= LEASE_TTL_MS + tick,
         "took over after {waited} ms"
@@ -692,12 +377,12 @@ fn failed_revision_stays_failed_when_its_configuration_is_reapplied() {
     sim.reconfigure_all(&raw);
     sim.run(3_000);
     // And the singleton restarts (a new one picks the configuration up afresh).
-    let (mut old, _) = sim.singleton.take().unwrap();
-    old.shutdown(&sim.store, &mut sim.tel);
-    sim.singleton = Some((Singleton::new(SINGLETON_TOKEN + 1), sim.now));
+    let old = sim.singleton_token();
+    sim.restart_singleton();
+    assert_ne!(sim.singleton_token(), old);
     sim.run(3_000);
     assert_eq!(sim.log_count("singleton analyser picked up"), 2);
-    assert_eq!(sim.lease_holder(), Some(SINGLETON_TOKEN + 1));
+    assert_eq!(sim.lease_holder(), sim.singleton_token());
     assert_eq!((sim.phase(), sim.weight()), (Some(Phase::Failed), 0));
     assert_eq!(
         (
@@ -737,7 +422,7 @@ fn corrupt_state_routes_to_stable_and_a_corrupt_slot_is_ignored_and_logged_once(
     assert_eq!(
         sim.nodes
             .iter()
-            .filter(|n| n.worker.slot_index() == Some(0))
+            .filter(|n| n.root.slot_index() == Some(0))
             .count(),
         1
     );

@@ -30,7 +30,6 @@ pub enum Bound {
 pub struct MetricResult {
     pub name: String,
     pub kind: MetricKind,
-    pub percentile: f64,
     /// Measured value (percentage or milliseconds); `None` without data.
     pub value: Option<f64>,
     pub requests: u64,
@@ -48,7 +47,6 @@ pub fn evaluate(metric: &MetricCheck, min_requests: u64, window: &Tally) -> Metr
     let mut result = MetricResult {
         name: metric.name.clone(),
         kind: metric.kind,
-        percentile: metric.percentile,
         value: None,
         requests: window.requests,
         verdict: Verdict::NoData {
@@ -63,7 +61,7 @@ pub fn evaluate(metric: &MetricCheck, min_requests: u64, window: &Tally) -> Metr
         MetricKind::SuccessRate => {
             100.0 * (window.requests - window.errors) as f64 / window.requests as f64
         }
-        MetricKind::Duration => match window.latency.percentile(metric.percentile) {
+        MetricKind::Duration { percentile } => match window.latency.percentile(percentile) {
             Some(micros) => micros / 1000.0,
             None => return result,
         },
@@ -98,11 +96,11 @@ impl fmt::Display for MetricResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let unit = match self.kind {
             MetricKind::SuccessRate => "%",
-            MetricKind::Duration => "ms",
+            MetricKind::Duration { .. } => "ms",
         };
         let label = match self.kind {
             MetricKind::SuccessRate => self.name.clone(),
-            MetricKind::Duration => format!("{} p{}", self.name, num(self.percentile)),
+            MetricKind::Duration { percentile } => format!("{} p{}", self.name, num(percentile)),
         };
         match (&self.verdict, self.value) {
             (Verdict::NoData { requests, min_requests }, _) => write!(
@@ -127,7 +125,7 @@ mod tests {
     fn metric(kind: MetricKind, min: Option<f64>, max: Option<f64>) -> MetricCheck {
         let name = match kind {
             MetricKind::SuccessRate => "request-success-rate",
-            MetricKind::Duration => "request-duration",
+            MetricKind::Duration { .. } => "request-duration",
         };
         MetricCheck {
             name: name.into(),
@@ -135,7 +133,6 @@ mod tests {
             min,
             max,
             window_ms: 1000,
-            percentile: 99.0,
         }
     }
 
@@ -166,7 +163,7 @@ mod tests {
 
     #[test]
     fn duration_uses_the_percentile_in_ms() {
-        let m = metric(MetricKind::Duration, None, Some(500.0));
+        let m = metric(MetricKind::Duration { percentile: 99.0 }, None, Some(500.0));
         let fast = evaluate(&m, 1, &tally(100, 0, 100_000));
         assert!(fast.passed());
         let slow = evaluate(&m, 1, &tally(100, 0, 612_000));

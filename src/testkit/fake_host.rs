@@ -1,7 +1,8 @@
-//! In-memory host for tests: shared data with proxy-wasm-cpp-host's CAS semantics, and a
-//! telemetry sink that records stats and logs.
+//! In-memory host for tests: shared data with proxy-wasm-cpp-host's CAS semantics, a telemetry
+//! sink that records stats and logs, a root-context host with a settable clock and random
+//! bits, and an HTTP stream's header maps.
 
-use crate::host::{HostError, Level, SetError, SharedStore, Stat, Telemetry};
+use crate::host::{HostError, HttpHost, Level, RootHost, SetError, SharedStore, Stat, Telemetry};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -80,5 +81,72 @@ impl FakeTelemetry {
     }
     pub fn logged(&self, needle: &str) -> bool {
         self.logs.iter().any(|(_, m)| m.contains(needle))
+    }
+}
+
+/// A root context's host: the clock is set by the test, the random bits are fixed, and the tick
+/// period the plugin asked for is kept for the test to honour.
+#[derive(Debug, Default)]
+pub struct FakeRoot {
+    pub now_ms: u64,
+    /// What `random_u64` returns (`None`: the host has no randomness).
+    pub random: Option<u64>,
+    /// The last tick period the plugin set.
+    pub tick_ms: Option<u32>,
+}
+
+impl RootHost for FakeRoot {
+    fn now_ns(&self) -> Option<u64> {
+        Some(self.now_ms * 1_000_000)
+    }
+    fn random_u64(&self) -> Option<u64> {
+        self.random
+    }
+    fn set_tick_period_ms(&mut self, ms: u32) -> bool {
+        self.tick_ms = Some(ms);
+        true
+    }
+}
+
+/// One HTTP stream's header maps and clock (lower-case header names).
+#[derive(Debug, Default)]
+pub struct FakeHttp {
+    pub now_ns: u64,
+    pub request: HashMap<String, Vec<u8>>,
+    pub response: HashMap<String, Vec<u8>>,
+    /// When set, setting a request header fails (a host in trouble).
+    pub refuse_headers: bool,
+}
+
+impl FakeHttp {
+    pub fn request_value(&self, name: &str) -> Option<&str> {
+        self.request
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+impl HttpHost for FakeHttp {
+    fn now_ns(&self) -> Option<u64> {
+        Some(self.now_ns)
+    }
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.request.get(name).cloned()
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool {
+        if self.refuse_headers {
+            return false;
+        }
+        self.request
+            .insert(name.to_string(), value.as_bytes().to_vec());
+        true
+    }
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.response.get(name).cloned()
+    }
+    fn add_response_header(&mut self, name: &str, value: &str) -> bool {
+        self.response
+            .insert(name.to_string(), value.as_bytes().to_vec());
+        true
     }
 }

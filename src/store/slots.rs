@@ -12,7 +12,7 @@
 //!   dropped nor counted twice. Slots of contexts that died without releasing keep counting.
 
 use crate::host::{SetError, SharedStore};
-use crate::keys::{Keys, MAX_SLOTS};
+use crate::store::{Keys, MAX_SLOTS};
 use crate::tally::SlotRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,9 +158,9 @@ pub fn read_all(store: &dyn SharedStore, keys: &Keys) -> (Vec<SlotRecord>, u32, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_host::FakeStore;
-    use crate::routing::Side;
+    use crate::outcome::Side;
     use crate::tally::Totals;
+    use crate::testkit::fake_host::FakeStore;
 
     fn total(store: &FakeStore, keys: &Keys) -> Totals {
         let mut t = Totals::default();

@@ -1,5 +1,10 @@
-//! Shared-data key names. Everything is namespaced by canary name, because every plugin on a
-//! proxy may share one `vm_id` (Istio sets none).
+//! Proxy shared data: the key names, and the records both sides keep there (worker tally slots,
+//! the analyser lease, the registry of canaries). Everything is namespaced by canary name,
+//! because every plugin on a proxy may share one `vm_id` (Istio sets none).
+
+pub mod lease;
+pub mod registry;
+pub mod slots;
 
 /// Newline-separated names of the canaries whose filters run in this proxy (for the singleton).
 pub const REGISTRY: &str = "canary-guard/canaries";

@@ -100,7 +100,7 @@ pub fn release(store: &dyn SharedStore, key: &str, token: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_host::FakeStore;
+    use crate::testkit::fake_host::FakeStore;
 
     const KEY: &str = "lease";
 

@@ -1,8 +1,8 @@
 //! The analysis state machine (Flagger semantics), pure: given the configuration, the current
 //! state and the metric results of one check, it returns the next state and the events to log.
 
-use crate::checks::{num, MetricResult, Verdict};
 use crate::config::{Config, RestartPolicy, Steps};
+use crate::metrics::{num, MetricResult, Verdict};
 use crate::state::{CanaryState, Phase};
 use std::fmt;
 
@@ -371,8 +371,8 @@ pub fn summary(results: &[MetricResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::evaluate;
     use crate::config::tests::{example, with};
+    use crate::metrics::evaluate;
     use crate::tally::Tally;
 
     fn healthy(cfg: &Config) -> Vec<MetricResult> {

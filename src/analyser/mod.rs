@@ -1,19 +1,29 @@
-//! The analyser of one canary: on each tick, if this context leads, it starts the analysis of a
-//! new revision, and when a check is due it sums the workers' tallies over each metric's window,
-//! judges them, and writes the next state with compare-and-swap.
+//! The analyser of one canary. On each tick, in named steps:
+//! 1. `lead`: take or renew the analyser lease (an elected worker only while its configuration
+//!    is the published one); only the holder goes on;
+//! 2. `load_state`: read the analysis state (with its cas for the write);
+//! 3. `resume_or_hold`: start a new revision, hold one without a state, or go on;
+//! 4. `report`: when a check is due (or every `TOTALS_EVERY_MS`), sum the workers' slots into
+//!    the tallied gauges and the shared-bytes probe;
+//! 5. `run_check`: measure each metric over its window and step the state machine;
+//! 6. `write`: compare-and-swap the next state, then count and log what happened.
 
-use crate::analysis::{check, held, is_due, resume, summary, Cause, Event, Found, Logged, Resume};
-use crate::checks::evaluate;
-use crate::config::{self, Config};
-use crate::host::{Level, SharedStore, Stat, Telemetry};
-use crate::keys::Keys;
-use crate::lease::{self, HolderKind};
-use crate::routing::Side;
-use crate::slots::read_all;
+mod log;
+mod singleton;
+
+pub use singleton::Singleton;
+
+use crate::config::Config;
+use crate::host::{Level, SetError, SharedStore, Stat, Telemetry};
+use crate::metrics::{evaluate, MetricResult};
+use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
-use crate::tally::{Tally, Totals};
-use crate::worker::registered;
-use hashbrown::HashMap;
+use crate::state_machine::{check, held, is_due, resume, summary, Cause, Event, Found, Resume};
+use crate::store::lease::{self, HolderKind};
+use crate::store::slots::read_all;
+use crate::store::Keys;
+use crate::tally::{SlotRecord, Tally, Totals};
+use log::{CanaryLog, Once};
 
 /// A leader that stops renewing (its worker went away) is replaced after this long.
 pub const LEASE_TTL_MS: u64 = 2_000;
@@ -26,19 +36,28 @@ const TOTALS_EVERY_MS: u64 = 250;
 pub struct Analyser {
     pub cfg: Config,
     keys: Keys,
+    log: CanaryLog,
     token: u64,
     kind: HolderKind,
     leading: bool,
     totals_at_ms: Option<u64>,
-    suspended_logged: bool,
-    /// The reason for holding a Waiting revision was logged by this analyser.
-    waiting_logged: bool,
-    corrupt_logged: bool,
+    suspended: Once,
+    /// Why a Waiting revision is held was logged by this analyser.
+    waiting: Once,
+    corrupt_slots: Once,
     /// For an elected worker: its own configuration bytes. It only leads while that is the
     /// published configuration, so a draining listener's contexts hand over to the new ones.
     own_config: Option<Vec<u8>>,
     /// Workers only: no lease bid before this time (set on the first tick).
     not_before_ms: Option<u64>,
+}
+
+/// The state value as read: decoded or not, its size and the cas to write against.
+struct Loaded {
+    state: Option<CanaryState>,
+    empty: bool,
+    bytes: u64,
+    cas: u32,
 }
 
 impl Analyser {
@@ -47,14 +66,15 @@ impl Analyser {
             own_config: None,
             not_before_ms: None,
             keys: Keys::new(&cfg.name),
+            log: CanaryLog::new(&cfg),
             cfg,
             token,
             kind,
             leading: false,
             totals_at_ms: None,
-            suspended_logged: false,
-            waiting_logged: false,
-            corrupt_logged: false,
+            suspended: Once::default(),
+            waiting: Once::default(),
+            corrupt_slots: Once::default(),
         }
     }
 
@@ -70,11 +90,47 @@ impl Analyser {
         self.leading
     }
 
+    /// Takes over the leadership flag of the analyser this one replaces (same canary, same
+    /// token: a singleton that picked up a new configuration).
+    pub fn inherit_lead(&mut self, from: &Analyser) {
+        self.leading = from.leading;
+    }
+
     pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+        if !self.lead(store, tel, now_ms) {
+            return;
+        }
+        let Some(loaded) = self.load_state(store) else {
+            return;
+        };
+        let Some(state) = self.resume_or_hold(store, tel, &loaded, now_ms) else {
+            return;
+        };
+        if self.hold_while_suspended(tel, &state) {
+            return;
+        }
+        let due = is_due(&self.cfg, &state, now_ms);
+        if !due
+            && self
+                .totals_at_ms
+                .is_some_and(|t| now_ms < t + TOTALS_EVERY_MS)
+        {
+            return;
+        }
+        let slots = self.report(store, tel, loaded.bytes, now_ms);
+        if !due {
+            return;
+        }
+        let (results, next, events) = self.run_check(&state, &slots, now_ms);
+        self.write(store, tel, loaded.cas, &results, &next, &events);
+    }
+
+    /// Step 1: true when this context holds the analyser lease after this tick.
+    fn lead(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) -> bool {
         if self.kind == HolderKind::Worker {
             let not_before = *self.not_before_ms.get_or_insert(now_ms + WORKER_GRACE_MS);
             if now_ms < not_before {
-                return;
+                return false;
             }
         }
         if let Some(own) = &self.own_config {
@@ -82,9 +138,13 @@ impl Analyser {
             if !current {
                 if self.leading {
                     self.shutdown(store, tel);
-                    tel.log(Level::Info, &format!("canary {} rev {}: newer configuration published, handing the analyser lease over", self.cfg.name, self.cfg.revision));
+                    self.log.revision(
+                        tel,
+                        Level::Info,
+                        "newer configuration published, handing the analyser lease over",
+                    );
                 }
-                return;
+                return false;
             }
         }
         let lead = lease::try_lead(
@@ -102,112 +162,127 @@ impl Analyser {
                 HolderKind::Worker => "worker (leader election)",
             };
             let msg = if lead { "acquired" } else { "lost" };
-            tel.log(
+            let holder = self.holder();
+            self.log.canary(
+                tel,
                 Level::Info,
-                &format!(
-                    "canary {}: {msg} the analyser lease as {who} (holder {})",
-                    self.cfg.name,
-                    self.holder()
-                ),
+                &format!("{msg} the analyser lease as {who} (holder {holder})"),
             );
         }
-        if !lead {
-            return;
-        }
+        lead
+    }
 
+    /// Step 2: the state value, `None` when the host could not read it (try again next tick).
+    fn load_state(&self, store: &dyn SharedStore) -> Option<Loaded> {
         let (bytes, cas) = match store.get(&self.keys.state) {
             Ok(Some((bytes, cas))) => (bytes, cas),
             Ok(None) => (Vec::new(), 0),
-            Err(_) => return,
+            Err(_) => return None,
         };
-        let state_bytes = bytes.len() as u64;
-        let decoded = CanaryState::decode(&bytes);
-        let found = match &decoded {
+        Some(Loaded {
+            state: CanaryState::decode(&bytes),
+            empty: bytes.is_empty(),
+            bytes: bytes.len() as u64,
+            cas,
+        })
+    }
+
+    /// Step 3: one decision for the singleton and the elected worker: start, hold or go on.
+    /// `Some(state)` to go on with; `None` when this tick wrote a new state (or lost the race).
+    fn resume_or_hold(
+        &mut self,
+        store: &dyn SharedStore,
+        tel: &mut dyn Telemetry,
+        loaded: &Loaded,
+        now_ms: u64,
+    ) -> Option<CanaryState> {
+        let found = match &loaded.state {
             Some(s) => Found::State(s),
-            None if bytes.is_empty() => Found::Nothing,
+            None if loaded.empty => Found::Nothing,
             None => Found::Unreadable,
         };
-        let name = self.cfg.name.clone();
-        let revision_change = match found {
-            Found::State(p) if p.revision != self.cfg.revision => Some(format!(
-                "canary {name}: revision {} -> {}, previous phase {}",
-                p.revision,
-                self.cfg.revision,
-                p.phase.name()
-            )),
-            _ => None,
-        };
-        // One decision for the singleton and the elected worker: start, hold or go on.
         let state = match resume(&self.cfg, found, now_ms) {
             Resume::Keep(s) => s,
             Resume::Write(next, events) => {
-                if store.set(&self.keys.state, &next.encode(), cas).is_ok() {
-                    if let Some(line) = revision_change {
-                        tel.log(Level::Info, &line);
+                if self.write_state(store, tel, loaded.cas, &next) {
+                    if let Some(p) = loaded
+                        .state
+                        .as_ref()
+                        .filter(|p| p.revision != self.cfg.revision)
+                    {
+                        let line = format!(
+                            "revision {} -> {}, previous phase {}",
+                            p.revision,
+                            self.cfg.revision,
+                            p.phase.name()
+                        );
+                        self.log.canary(tel, Level::Info, &line);
                     }
                     self.publish_state(tel, &next);
-                    self.log_events(tel, &events);
-                    self.waiting_logged = next.phase == Phase::Waiting;
+                    self.count_and_log(tel, &events);
+                    self.waiting.set(next.phase == Phase::Waiting);
                 }
-                return;
+                return None;
             }
         };
-        if state.phase == Phase::Waiting && !self.waiting_logged {
+        if state.phase == Phase::Waiting && !self.waiting.is_set() {
             // A new analyser (configuration update, new leader) says why it still holds.
-            self.log_events(tel, &[held(&self.cfg, Cause::Waiting)]);
-            self.waiting_logged = true;
+            self.count_and_log(tel, &[held(&self.cfg, Cause::Waiting)]);
+            self.waiting.set(true);
         }
         self.publish_state(tel, &state);
+        Some(state)
+    }
 
-        if self.cfg.suspend {
-            if !self.suspended_logged {
-                tel.log(
-                    Level::Info,
-                    &format!(
-                        "canary {name} rev {}: suspended, weight held at {} in phase {}",
-                        self.cfg.revision,
-                        state.weight,
-                        state.phase.name()
-                    ),
-                );
-                self.suspended_logged = true;
-            }
-            return;
-        }
-        self.suspended_logged = false;
-
-        let due = is_due(&self.cfg, &state, now_ms);
-        if !due
-            && self
-                .totals_at_ms
-                .is_some_and(|t| now_ms < t + TOTALS_EVERY_MS)
-        {
-            return;
-        }
-        let (slots, corrupt, slot_bytes) = read_all(store, &self.keys);
-        if corrupt > 0 && !self.corrupt_logged {
-            tel.log(
-                Level::Warn,
-                &format!("canary {name}: ignored {corrupt} unreadable tally slot(s)"),
+    /// `suspend: true` holds the weight and the phase (logged once).
+    fn hold_while_suspended(&mut self, tel: &mut dyn Telemetry, state: &CanaryState) -> bool {
+        if self.suspended.starts(self.cfg.suspend) {
+            let line = format!(
+                "suspended, weight held at {} in phase {}",
+                state.weight,
+                state.phase.name()
             );
+            self.log.revision(tel, Level::Info, &line);
         }
-        self.corrupt_logged = corrupt > 0;
+        self.cfg.suspend
+    }
+
+    /// Step 4: reads every worker's slot, reports the sums and the shared-data footprint.
+    fn report(
+        &mut self,
+        store: &dyn SharedStore,
+        tel: &mut dyn Telemetry,
+        state_bytes: u64,
+        now_ms: u64,
+    ) -> Vec<SlotRecord> {
+        let (slots, corrupt, slot_bytes) = read_all(store, &self.keys);
+        if self.corrupt_slots.starts(corrupt > 0) {
+            let line = format!("ignored {corrupt} unreadable tally slot(s)");
+            self.log.canary(tel, Level::Warn, &line);
+        }
+        let name = &self.cfg.name;
         let mut totals = Totals::default();
         slots.iter().for_each(|s| totals.add(&s.totals));
-        tel.gauge(&name, Stat::TalliedStableRequests, totals.stable_requests);
-        tel.gauge(&name, Stat::TalliedStable5xx, totals.stable_errors);
-        tel.gauge(&name, Stat::TalliedCanaryRequests, totals.canary_requests);
-        tel.gauge(&name, Stat::TalliedCanary5xx, totals.canary_errors);
+        tel.gauge(name, Stat::TalliedStableRequests, totals.stable_requests);
+        tel.gauge(name, Stat::TalliedStable5xx, totals.stable_errors);
+        tel.gauge(name, Stat::TalliedCanaryRequests, totals.canary_requests);
+        tel.gauge(name, Stat::TalliedCanary5xx, totals.canary_errors);
         let shared = slot_bytes
             + state_bytes
             + value_len(store, &self.keys.lease)
             + value_len(store, &self.keys.config);
-        tel.gauge(&name, Stat::SharedBytes, shared);
+        tel.gauge(name, Stat::SharedBytes, shared);
         self.totals_at_ms = Some(now_ms);
-        if !due {
-            return;
-        }
+        slots
+    }
 
+    /// Step 5: each metric over its window of canary outcomes, and the state machine's step.
+    fn run_check(
+        &self,
+        state: &CanaryState,
+        slots: &[SlotRecord],
+        now_ms: u64,
+    ) -> (Vec<MetricResult>, CanaryState, Vec<Event>) {
         let a = &self.cfg.analysis;
         let results: Vec<_> = a
             .metrics
@@ -222,27 +297,57 @@ impl Analyser {
                 evaluate(m, a.min_requests, &window)
             })
             .collect();
-        let (next, events) = check(&self.cfg, &state, &results, now_ms);
-        // CAS on the value we read: if anyone else stepped the state since, this step is void.
-        if store.set(&self.keys.state, &next.encode(), cas).is_err() {
+        let (next, events) = check(&self.cfg, state, &results, now_ms);
+        (results, next, events)
+    }
+
+    /// Step 6: writes the checked state and tells what happened.
+    fn write(
+        &mut self,
+        store: &dyn SharedStore,
+        tel: &mut dyn Telemetry,
+        cas: u32,
+        results: &[MetricResult],
+        next: &CanaryState,
+        events: &[Event],
+    ) {
+        if !self.write_state(store, tel, cas, next) {
             return;
         }
-        tel.count(&name, Stat::Checks, 1);
+        tel.count(&self.cfg.name, Stat::Checks, 1);
         if events
             .iter()
             .all(|e| matches!(e, Event::Advance { .. } | Event::Iteration { .. }))
         {
-            tel.log(
-                Level::Debug,
-                &format!(
-                    "canary {name} rev {}: checks passed: {}",
-                    self.cfg.revision,
-                    summary(&results)
-                ),
-            );
+            let line = format!("checks passed: {}", summary(results));
+            self.log.revision(tel, Level::Debug, &line);
         }
-        self.publish_state(tel, &next);
-        self.log_events(tel, &events);
+        self.publish_state(tel, next);
+        self.count_and_log(tel, events);
+    }
+
+    /// Compare-and-swap on the value this tick read: if anyone else stepped the state since
+    /// (another leader for a moment), this step is void and the next tick starts from theirs.
+    fn write_state(
+        &self,
+        store: &dyn SharedStore,
+        tel: &mut dyn Telemetry,
+        cas: u32,
+        next: &CanaryState,
+    ) -> bool {
+        match store.set(&self.keys.state, &next.encode(), cas) {
+            Ok(()) => true,
+            Err(SetError::CasMismatch) => {
+                self.log.revision(
+                    tel,
+                    Level::Debug,
+                    "the state changed since this tick read it (CAS mismatch): step void",
+                );
+                false
+            }
+            // Counted and logged by the store wrapper (host_errors).
+            Err(SetError::Host(_)) => false,
+        }
     }
 
     fn publish_state(&self, tel: &mut dyn Telemetry, s: &CanaryState) {
@@ -252,16 +357,8 @@ impl Analyser {
         tel.gauge(name, Stat::FailedChecks, u64::from(s.failed_checks));
     }
 
-    fn log_events(&self, tel: &mut dyn Telemetry, events: &[Event]) {
+    fn count_and_log(&self, tel: &mut dyn Telemetry, events: &[Event]) {
         for e in events {
-            let level = match e {
-                Event::RolledBack { .. } | Event::Halt { .. } | Event::Held { .. } => Level::Warn,
-                Event::Released {
-                    cause: Cause::Unreadable,
-                    ..
-                } => Level::Warn,
-                _ => Level::Info,
-            };
             match e {
                 Event::RolledBack { .. } => tel.count(&self.cfg.name, Stat::Rollbacks, 1),
                 Event::PromotionCompleted | Event::Skipped => {
@@ -269,8 +366,8 @@ impl Analyser {
                 }
                 _ => {}
             }
-            tel.log(level, &Logged::of(&self.cfg, e).to_string());
         }
+        self.log.events(tel, &self.cfg, events);
     }
 
     /// Which root context this is, in the lease log lines (the token's first 8 hex digits).
@@ -282,14 +379,8 @@ impl Analyser {
         if self.leading {
             lease::release(store, &self.keys.lease, self.token);
             self.leading = false;
-            tel.log(
-                Level::Info,
-                &format!(
-                    "canary {}: released the analyser lease (holder {})",
-                    self.cfg.name,
-                    self.holder()
-                ),
-            );
+            let line = format!("released the analyser lease (holder {})", self.holder());
+            self.log.canary(tel, Level::Info, &line);
         }
     }
 }
@@ -302,77 +393,11 @@ fn value_len(store: &dyn SharedStore, key: &str) -> u64 {
     }
 }
 
-/// The bootstrap singleton: analyses every canary whose filters registered in this proxy, with
-/// the configuration those filters published (so an xDS update of the filter reaches it).
-pub struct Singleton {
-    token: u64,
-    analysers: HashMap<String, (Vec<u8>, Analyser)>,
-    /// Published configurations that did not parse (logged once each).
-    refused: HashMap<String, Vec<u8>>,
-}
-
-impl Singleton {
-    pub fn new(token: u64) -> Self {
-        Singleton {
-            token,
-            analysers: HashMap::new(),
-            refused: HashMap::new(),
-        }
-    }
-
-    pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
-        for name in registered(store) {
-            let raw = match store.get(&Keys::new(&name).config) {
-                Ok(Some((bytes, _))) => bytes,
-                _ => continue,
-            };
-            let fresh = self
-                .analysers
-                .get(&name)
-                .is_none_or(|(seen, _)| *seen != raw);
-            if fresh && self.refused.get(&name) == Some(&raw) {
-                continue;
-            }
-            if fresh {
-                match config::parse(&raw) {
-                    Ok(cfg) if cfg.name == name => {
-                        tel.log(Level::Info, &format!("canary {name} rev {}: singleton analyser picked up the configuration", cfg.revision));
-                        let mut analyser = Analyser::new(cfg, self.token, HolderKind::Singleton);
-                        if let Some((_, old)) = self.analysers.get(&name) {
-                            analyser.leading = old.leading;
-                        }
-                        self.analysers.insert(name.clone(), (raw, analyser));
-                    }
-                    Ok(_) => continue,
-                    Err(e) => {
-                        // Filters validate before publishing: this is corruption, never trusted.
-                        tel.log(Level::Error, &format!("canary {name}: published configuration is unreadable, not analysing: {e}"));
-                        if let Some((_, mut old)) = self.analysers.remove(&name) {
-                            old.shutdown(store, tel);
-                        }
-                        self.refused.insert(name, raw);
-                        continue;
-                    }
-                }
-            }
-            if let Some((_, a)) = self.analysers.get_mut(&name) {
-                a.tick(store, tel, now_ms);
-            }
-        }
-    }
-
-    pub fn shutdown(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry) {
-        for (_, a) in self.analysers.values_mut() {
-            a.shutdown(store, tel);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::tests::{with, EXAMPLE};
-    use crate::fake_host::{FakeStore, FakeTelemetry};
+    use crate::testkit::fake_host::{FakeStore, FakeTelemetry};
     use crate::worker::Worker;
 
     /// The example configuration, started at once on a fresh store (restartPolicy restart).

@@ -1,0 +1,395 @@
+//! Configuration parsing and validation tests (and the example the other unit tests start from).
+
+use super::*;
+use serde_json::Value;
+
+/// The README example (also the core benchmark's configuration).
+pub const EXAMPLE: &str = crate::testkit::EXAMPLE;
+
+pub fn example() -> Config {
+    parse(EXAMPLE.as_bytes()).unwrap()
+}
+
+/// Parses EXAMPLE with one JSON pointer replaced (or removed when `value` is None).
+pub fn with(pointer: &str, value: Option<Value>) -> Result<Config, ConfigError> {
+    let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let obj = v.pointer_mut(parent).unwrap();
+    match (obj, value) {
+        (Value::Object(map), Some(val)) => {
+            map.insert(key.to_string(), val);
+        }
+        (Value::Object(map), None) => {
+            map.remove(key);
+        }
+        (Value::Array(arr), Some(val)) => arr[key.parse::<usize>().unwrap()] = val,
+        _ => panic!("bad pointer {pointer}"),
+    }
+    parse(v.to_string().as_bytes())
+}
+
+fn rejects(pointer: &str, value: Value, field: &str, mentions: &str) {
+    let e = with(pointer, Some(value)).unwrap_err();
+    assert_eq!(e.field, field, "{e}");
+    assert!(
+        e.to_string().contains(mentions),
+        "{e} should mention {mentions}"
+    );
+}
+
+#[test]
+fn parses_the_documented_example() {
+    let c = example();
+    assert_eq!(c.name, "web");
+    assert_eq!(c.revision, "v2");
+    assert_eq!(c.upstreams.header, "x-canary-upstream");
+    assert_eq!(c.affinity, Affinity::Header("x-user-id".into()));
+    assert_eq!(c.analysis.interval_ms, 1000);
+    assert_eq!(c.analysis.threshold, 3);
+    assert_eq!(c.analysis.steps, Steps::List(vec![1, 5, 10, 25, 50]));
+    assert_eq!(c.analysis.min_requests, 20);
+    assert_eq!(c.analysis.metrics.len(), 2);
+    assert_eq!(c.analysis.metrics[0].kind, MetricKind::SuccessRate);
+    assert_eq!(c.analysis.metrics[0].min, Some(99.0));
+    assert_eq!(c.analysis.metrics[1].window_ms, 10_000);
+    assert_eq!(
+        c.analysis.metrics[1].kind,
+        MetricKind::Duration { percentile: 99.0 }
+    );
+    assert_eq!(c.analysis.longest_window_ms(), 10_000);
+}
+
+#[test]
+fn tallies_cover_the_metric_windows_not_a_longer_interval() {
+    let c = with("/analysis/interval", Some(serde_json::json!("1h"))).unwrap();
+    assert_eq!(c.analysis.longest_window_ms(), 10_000);
+    assert_eq!(
+        crate::tally::bucket_ms_for(c.analysis.longest_window_ms()),
+        157
+    );
+}
+
+#[test]
+fn linear_steps_walk_to_max_weight() {
+    let c = with("/analysis/stepWeights", None).unwrap();
+    let steps = &c.analysis.steps;
+    assert_eq!(steps, &Steps::Linear { step: 10, max: 50 });
+    let mut w = steps.first_weight();
+    let mut seen = vec![w];
+    while let Some(n) = steps.next_weight(w) {
+        w = n;
+        seen.push(w);
+    }
+    assert_eq!(seen, vec![10, 20, 30, 40, 50]);
+}
+
+#[test]
+fn step_list_is_capped_at_max_weight() {
+    let c = with("/analysis/maxWeight", Some(30.into())).unwrap();
+    assert_eq!(c.analysis.steps, Steps::List(vec![1, 5, 10, 25, 30]));
+    assert_eq!(c.analysis.steps.next_weight(25), Some(30));
+    assert_eq!(c.analysis.steps.next_weight(30), None);
+}
+
+#[test]
+fn syntax_errors_are_refused() {
+    let e = parse(b"{\"name\": ").unwrap_err();
+    assert!(e.to_string().contains("EOF"), "{e}");
+    assert!(parse(b"{} trailing").is_err());
+}
+
+/// Found by the fuzz harness (tests/fuzz): a "?" field, a JSON array read as a struct, and
+/// control characters from a key that broke the one-line log.
+#[test]
+fn errors_name_a_field_and_stay_one_line() {
+    let e = parse(b"{\"analysis\": {x").unwrap_err();
+    assert_eq!(e.field, "analysis", "{e}");
+    assert_eq!(parse(b"{l").unwrap_err().field, "");
+    let e = parse(b" [\"web\", \"v2\"]").unwrap_err();
+    assert_eq!(e.field, "");
+    assert!(e.message.contains("expected a JSON object"), "{e}");
+    let e = with("/upstreams", Some(serde_json::json!(["x-up", "a", "b"]))).unwrap_err();
+    assert_eq!(e.field, "upstreams");
+    assert!(e.message.contains("expected a JSON object"), "{e}");
+    let e = with(
+        "/analysis/metrics/0/thresholdRange",
+        Some(serde_json::json!([99, null])),
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "analysis.metrics[0].thresholdRange");
+    let e = parse(b"{\"na\\nme\": 1}").unwrap_err();
+    assert_eq!(e.field, "na\nme");
+    let line = e.to_string();
+    assert!(
+        line.starts_with("invalid canary-guard configuration: na\\nme: unknown field"),
+        "{line}"
+    );
+    assert!(!line.chars().any(char::is_control), "{line}");
+}
+
+#[test]
+fn unknown_fields_name_the_field() {
+    let e = with("/analysis/stepWieght", Some(10.into())).unwrap_err();
+    assert_eq!(e.field, "analysis.stepWieght");
+    assert!(e.message.contains("unknown field `stepWieght`"), "{e}");
+}
+
+#[test]
+fn wrong_types_name_the_field() {
+    let e = with("/analysis/threshold", Some("3".into())).unwrap_err();
+    assert_eq!(e.field, "analysis.threshold", "{e}");
+    assert!(e.message.contains("\"3\""), "{e}");
+}
+
+#[test]
+fn out_of_range_values_are_refused() {
+    rejects(
+        "/analysis/stepWeights",
+        serde_json::json!([1, 5, 101]),
+        "analysis.stepWeights[2]",
+        "101",
+    );
+    rejects(
+        "/analysis/stepWeights",
+        serde_json::json!([10, 5]),
+        "analysis.stepWeights",
+        "[10, 5]",
+    );
+    rejects(
+        "/analysis/stepWeights",
+        serde_json::json!([10, 10]),
+        "analysis.stepWeights",
+        "increasing",
+    );
+    rejects("/analysis/maxWeight", 0.into(), "analysis.maxWeight", "0");
+    rejects(
+        "/analysis/maxWeight",
+        150.into(),
+        "analysis.maxWeight",
+        "150",
+    );
+    rejects("/analysis/threshold", 0.into(), "analysis.threshold", "0");
+    rejects(
+        "/analysis/interval",
+        "0s".into(),
+        "analysis.interval",
+        "\"0s\"",
+    );
+    rejects(
+        "/analysis/interval",
+        "soon".into(),
+        "analysis.interval",
+        "soon",
+    );
+    rejects("/upstreams/stable", "".into(), "upstreams.stable", "\"\"");
+    rejects(
+        "/upstreams/canary",
+        "web-stable".into(),
+        "upstreams.canary",
+        "web-stable",
+    );
+    rejects("/name", "web.prod".into(), "name", "web.prod");
+    rejects(
+        "/analysis/minRequests",
+        0.into(),
+        "analysis.minRequests",
+        "0",
+    );
+    rejects(
+        "/analysis/stepWeightPromotion",
+        120.into(),
+        "analysis.stepWeightPromotion",
+        "120",
+    );
+}
+
+#[test]
+fn max_weight_below_first_step_is_refused() {
+    let e = with("/analysis/maxWeight", Some(0.into())).unwrap_err();
+    assert_eq!(e.field, "analysis.maxWeight");
+    let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+    v["analysis"]["stepWeights"] = serde_json::json!([20, 40]);
+    v["analysis"]["maxWeight"] = 10.into();
+    let e = parse(v.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "analysis.maxWeight");
+    assert!(e.message.contains("10") && e.message.contains("20"), "{e}");
+}
+
+#[test]
+fn unsupported_metrics_list_what_is_supported() {
+    rejects(
+        "/analysis/metrics/0",
+        serde_json::json!({"name": "error-rate", "thresholdRange": {"max": 1}}),
+        "analysis.metrics[0].name",
+        "supports request-success-rate and request-duration",
+    );
+    rejects(
+        "/analysis/metrics/1",
+        serde_json::json!({"name": "latency", "templateRef": {"name": "latency"}, "thresholdRange": {"max": 1}}),
+        "analysis.metrics[1].templateRef",
+        "request-success-rate and request-duration",
+    );
+    rejects(
+        "/analysis/metrics/0",
+        serde_json::json!({"name": "request-success-rate", "thresholdRange": {"min": 101}}),
+        "analysis.metrics[0].thresholdRange.min",
+        "101",
+    );
+}
+
+#[test]
+fn flagger_controller_fields_are_refused_by_name() {
+    rejects(
+        "/analysis/webhooks",
+        serde_json::json!([]),
+        "analysis.webhooks",
+        "does not support",
+    );
+}
+
+#[test]
+fn bad_match_rules_are_refused() {
+    rejects(
+        "/analysis/match",
+        serde_json::json!([{"headers": {"x-a": {"exact": "1", "prefix": "2"}}}]),
+        "analysis.match[0].headers.x-a",
+        "exactly one",
+    );
+    rejects(
+        "/analysis/match",
+        serde_json::json!([{"headers": {"x-a": {"regex": "("}}}]),
+        "analysis.match[0].headers.x-a.regex",
+        "(",
+    );
+}
+
+#[test]
+fn cookie_affinity_and_defaults() {
+    let c = with(
+        "/sessionAffinity",
+        Some(serde_json::json!({"cookieName": "flagger-cookie"})),
+    )
+    .unwrap();
+    assert_eq!(
+        c.affinity,
+        Affinity::Cookie {
+            name: "flagger-cookie".into(),
+            max_age_s: 86_400
+        }
+    );
+    rejects(
+        "/sessionAffinity",
+        serde_json::json!({"cookieName": "a", "header": "b"}),
+        "sessionAffinity",
+        "not both",
+    );
+}
+
+#[test]
+fn ab_testing_with_iterations() {
+    let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+    let a = v["analysis"].as_object_mut().unwrap();
+    a.remove("stepWeight");
+    a.remove("stepWeights");
+    a.remove("maxWeight");
+    a.insert("iterations".into(), 5.into());
+    let c = parse(v.to_string().as_bytes()).unwrap();
+    assert_eq!(c.analysis.steps, Steps::Iterations(5));
+    assert_eq!(c.analysis.steps.first_weight(), 0);
+}
+
+#[test]
+fn restart_policy_defaults_to_hold() {
+    assert_eq!(example().restart_policy, RestartPolicy::Hold);
+    assert_eq!(example().approved_until, None);
+    let c = with("/restartPolicy", Some("restart".into())).unwrap();
+    assert_eq!(c.restart_policy, RestartPolicy::Restart);
+    let c = with("/restartPolicy", Some("hold".into())).unwrap();
+    assert_eq!(c.restart_policy, RestartPolicy::Hold);
+    rejects("/restartPolicy", "Hold".into(), "restartPolicy", "\"Hold\"");
+    rejects(
+        "/restartPolicy",
+        "always".into(),
+        "restartPolicy",
+        "\"always\" must be \"hold\" (the default) or \"restart\"",
+    );
+    rejects("/restartPolicy", true.into(), "restartPolicy", "true");
+}
+
+#[test]
+fn approved_until_takes_rfc3339_times_with_z_or_an_offset() {
+    let at = |text: &str| {
+        with("/approvedUntil", Some(text.into())).map(|c| c.approved_until.unwrap().until_ms)
+    };
+    let noon = at("2026-11-22T12:00:00Z").unwrap();
+    assert_eq!(noon, 1_795_348_800_000);
+    assert_eq!(
+        with("/approvedUntil", Some("2026-11-22T12:00:00Z".into()))
+            .unwrap()
+            .approved_until
+            .unwrap()
+            .text,
+        "2026-11-22T12:00:00Z",
+        "kept as written, for the logs"
+    );
+    assert_eq!(at("2026-11-22T14:00:00+02:00"), Ok(noon));
+    assert_eq!(at("2026-11-22T06:30:00-05:30"), Ok(noon));
+    assert_eq!(at("2026-11-22T12:00:00.250Z"), Ok(noon + 250));
+    // Leap days: 2028 and 2000 have one, 2027 and 2100 do not.
+    assert_eq!(
+        at("2028-03-01T00:00:00Z").unwrap() - at("2028-02-29T00:00:00Z").unwrap(),
+        86_400_000
+    );
+    assert!(at("2000-02-29T23:59:59Z").is_ok());
+    for bad in [
+        "2027-02-29T00:00:00Z",
+        "2100-02-29T00:00:00Z",
+        "2026-11-22T12:00:00",
+        "2026-11-22 12:00:00Z",
+        "2026-11-22T12:00:00+0200",
+        "2026-11-22T12:00:00 UTC",
+        "22/11/2026 12:00",
+        "1969-12-31T23:59:59Z",
+        "",
+    ] {
+        rejects(
+            "/approvedUntil",
+            bad.into(),
+            "approvedUntil",
+            &format!("{bad:?}"),
+        );
+    }
+    rejects(
+        "/approvedUntil",
+        "tomorrow".into(),
+        "approvedUntil",
+        "RFC 3339",
+    );
+    rejects(
+        "/approvedUntil",
+        1_795_348_800.into(),
+        "approvedUntil",
+        "1795348800",
+    );
+}
+
+#[test]
+fn plugin_role_selects_filter_or_singleton() {
+    assert_eq!(
+        parse_plugin(br#"{"role": "analyser"}"#),
+        Ok(Plugin::Analyser)
+    );
+    assert!(matches!(
+        parse_plugin(EXAMPLE.as_bytes()),
+        Ok(Plugin::Filter(_))
+    ));
+    assert!(with("/role", Some("filter".into())).is_ok());
+    let e = with("/role", Some("analyser".into())).unwrap_err();
+    assert_eq!(e.field, "role", "{e}");
+    let mut full: Value = serde_json::from_str(EXAMPLE).unwrap();
+    full["role"] = "analyser".into();
+    let e = parse_plugin(full.to_string().as_bytes()).unwrap_err();
+    assert!(e.message.contains("{\"role\": \"analyser\"} only"), "{e}");
+    let e = with("/role", Some("boss".into())).unwrap_err();
+    assert_eq!(e.field, "role");
+}

@@ -1,0 +1,152 @@
+//! The validated configuration: what the rest of the module reads. Built only by `validate`.
+
+use crate::matcher::MatchRule;
+
+/// Shortest analysis interval and metric window we accept: below this the tick and the
+/// publication period of the workers would be as long as the interval itself.
+pub const MIN_INTERVAL_MS: u64 = 100;
+/// Longest metric window: tallies are kept for the longest window, in at most ~64 buckets.
+pub const MAX_WINDOW_MS: u64 = 24 * 3600 * 1000;
+/// Longest regex source in a match rule; the compiled program is bounded too.
+pub const MAX_REGEX_LEN: usize = 1024;
+
+/// What an analyser does when shared data holds no analysis state for the canary: a first
+/// load and a restarted proxy look the same (Envoy keeps no Wasm state across restarts), and a
+/// restarted proxy may have rolled this revision back before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Phase `Waiting` at weight 0 until the revision changes or an approval is in effect.
+    #[default]
+    Hold,
+    /// Start the analysis from the first step (the revision may get traffic again).
+    Restart,
+}
+
+/// `approvedUntil`: while the host clock is before it, a missing state may start the analysis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// As configured, for the logs.
+    pub text: String,
+    /// Unix epoch milliseconds.
+    pub until_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub name: String,
+    pub revision: String,
+    pub upstreams: Upstreams,
+    pub affinity: Affinity,
+    pub analysis: Analysis,
+    pub skip_analysis: bool,
+    pub suspend: bool,
+    pub restart_policy: RestartPolicy,
+    pub approved_until: Option<Approval>,
+}
+
+/// What a root context was configured as.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plugin {
+    Filter(Box<Config>),
+    Analyser,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstreams {
+    pub header: String,
+    pub stable: String,
+    pub canary: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Affinity {
+    None,
+    Header(String),
+    Cookie { name: String, max_age_s: u64 },
+}
+
+/// How the canary weight moves through the analysis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Steps {
+    /// `stepWeight` up to `maxWeight`.
+    Linear { step: u8, max: u8 },
+    /// `stepWeights`, each capped at `maxWeight`, strictly increasing.
+    List(Vec<u8>),
+    /// Flagger's A/B testing: weight stays 0, only `match` traffic reaches the canary, promote
+    /// after this many passing checks.
+    Iterations(u32),
+}
+
+impl Steps {
+    pub fn first_weight(&self) -> u8 {
+        match self {
+            Steps::Linear { step, max } => (*step).min(*max),
+            Steps::List(list) => list.first().copied().unwrap_or(0),
+            Steps::Iterations(_) => 0,
+        }
+    }
+
+    /// The weight after a passing check at `current`, or `None` when `current` is the last step
+    /// (the next passing check promotes).
+    pub fn next_weight(&self, current: u8) -> Option<u8> {
+        match self {
+            Steps::Linear { step, max } => {
+                (current < *max).then(|| current.saturating_add(*step).min(*max))
+            }
+            Steps::List(list) => list.iter().copied().find(|w| *w > current),
+            Steps::Iterations(_) => None,
+        }
+    }
+
+    /// Highest weight before promotion.
+    pub fn max_weight(&self) -> u8 {
+        match self {
+            Steps::Linear { max, .. } => *max,
+            Steps::List(list) => list.last().copied().unwrap_or(0),
+            Steps::Iterations(_) => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MetricKind {
+    /// `request-success-rate`: percentage of canary responses that are not errors.
+    SuccessRate,
+    /// `request-duration`: this percentile (0, 100] of canary request duration, in milliseconds.
+    Duration { percentile: f64 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricCheck {
+    pub name: String,
+    pub kind: MetricKind,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub window_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    pub interval_ms: u64,
+    pub threshold: u32,
+    pub steps: Steps,
+    /// Weight added per interval while promoting; 0 = straight to 100.
+    pub promotion_step: u8,
+    pub min_requests: u64,
+    pub consecutive: bool,
+    pub matches: Vec<MatchRule>,
+    pub metrics: Vec<MetricCheck>,
+}
+
+impl Analysis {
+    /// The longest window any metric looks at: tallies must cover it, and their buckets are cut
+    /// from it. Not the analysis interval: checks read only metric windows, and an interval
+    /// much longer than the windows (1h vs 10s) would cut buckets too coarse for a window.
+    pub fn longest_window_ms(&self) -> u64 {
+        self.metrics
+            .iter()
+            .map(|m| m.window_ms)
+            .max()
+            .unwrap_or(self.interval_ms)
+    }
+}

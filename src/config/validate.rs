@@ -1,0 +1,447 @@
+//! From the wire shape to the validated configuration: every rule, each error naming the field
+//! and the offending value.
+
+use super::duration::parse_millis;
+use super::error::{err, ConfigError};
+use super::timestamp::parse_rfc3339_ms;
+use super::types::*;
+use super::wire::*;
+use crate::matcher::{MatchRule, StringMatch};
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let name = check_name(&raw.name)?;
+    let revision = raw.revision;
+    if revision.is_empty() || revision.len() > 128 || revision.chars().any(|c| c.is_control()) {
+        return err(
+            "revision",
+            format!("{revision:?} must be 1 to 128 printable characters"),
+        );
+    }
+    let upstreams = check_upstreams(raw.upstreams.0)?;
+    let affinity = check_affinity(raw.session_affinity.map(|a| a.0))?;
+    let analysis = check_analysis(raw.analysis.0)?;
+    let restart_policy = match raw.restart_policy.as_deref() {
+        None | Some("hold") => RestartPolicy::Hold,
+        Some("restart") => RestartPolicy::Restart,
+        Some(other) => {
+            return err(
+                "restartPolicy",
+                format!("{other:?} must be \"hold\" (the default) or \"restart\""),
+            )
+        }
+    };
+    let approved_until = raw.approved_until.map(check_approval).transpose()?;
+    if raw.role == Role::Analyser {
+        return err("role", "\"analyser\" takes no other fields: use {\"role\": \"analyser\"} for the bootstrap singleton");
+    }
+    Ok(Config {
+        name,
+        revision,
+        upstreams,
+        affinity,
+        analysis,
+        skip_analysis: raw.skip_analysis,
+        suspend: raw.suspend,
+        restart_policy,
+        approved_until,
+    })
+}
+
+fn check_approval(text: String) -> Result<Approval, ConfigError> {
+    match parse_rfc3339_ms(&text) {
+        Some(until_ms) => Ok(Approval { text, until_ms }),
+        None => err(
+            "approvedUntil",
+            format!("{text:?} is not an RFC 3339 time after 1970 such as \"2026-11-22T12:00:00Z\" (Z or a numeric offset like +01:00)"),
+        ),
+    }
+}
+
+fn check_name(name: &str) -> Result<String, ConfigError> {
+    // The name goes into shared-data keys and stat names (dot-separated): keep it a plain token.
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return err(
+            "name",
+            format!("{name:?} must be 1 to 63 characters of [A-Za-z0-9_-]"),
+        );
+    }
+    Ok(name.to_string())
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_upstreams(raw: RawUpstreams) -> Result<Upstreams, ConfigError> {
+    let header = raw.header.to_ascii_lowercase();
+    if !is_header_name(&header) {
+        return err(
+            "upstreams.header",
+            format!("{:?} is not a valid header name", raw.header),
+        );
+    }
+    if raw.stable.trim().is_empty() {
+        return err(
+            "upstreams.stable",
+            format!("{:?} must name a cluster", raw.stable),
+        );
+    }
+    if raw.canary.trim().is_empty() {
+        return err(
+            "upstreams.canary",
+            format!("{:?} must name a cluster", raw.canary),
+        );
+    }
+    if raw.stable == raw.canary {
+        return err(
+            "upstreams.canary",
+            format!("{:?} is the same as upstreams.stable", raw.canary),
+        );
+    }
+    Ok(Upstreams {
+        header,
+        stable: raw.stable,
+        canary: raw.canary,
+    })
+}
+
+fn check_affinity(raw: Option<RawAffinity>) -> Result<Affinity, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Affinity::None);
+    };
+    match (raw.header, raw.cookie_name) {
+        (Some(h), None) => {
+            if raw.max_age.is_some() {
+                return err(
+                    "sessionAffinity.maxAge",
+                    "only applies with sessionAffinity.cookieName",
+                );
+            }
+            let lower = h.to_ascii_lowercase();
+            if !is_header_name(&lower) {
+                return err(
+                    "sessionAffinity.header",
+                    format!("{h:?} is not a valid header name"),
+                );
+            }
+            Ok(Affinity::Header(lower))
+        }
+        (None, Some(c)) => {
+            if !is_header_name(&c) {
+                return err(
+                    "sessionAffinity.cookieName",
+                    format!("{c:?} is not a valid cookie name"),
+                );
+            }
+            let max_age_s = raw.max_age.unwrap_or(86_400);
+            if max_age_s == 0 {
+                return err("sessionAffinity.maxAge", "0 must be at least 1 second");
+            }
+            Ok(Affinity::Cookie { name: c, max_age_s })
+        }
+        (Some(_), Some(_)) => err(
+            "sessionAffinity",
+            "set either header or cookieName, not both",
+        ),
+        (None, None) => err("sessionAffinity", "needs header or cookieName"),
+    }
+}
+
+fn weight(field: &str, value: u32) -> Result<u8, ConfigError> {
+    if value == 0 || value > 100 {
+        return err(field, format!("{value} must be between 1 and 100"));
+    }
+    Ok(value as u8)
+}
+
+fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
+    let refused = [
+        ("analysis.webhooks", raw.webhooks.is_some()),
+        ("analysis.alerts", raw.alerts.is_some()),
+        ("analysis.mirror", raw.mirror.is_some()),
+        ("analysis.mirrorWeight", raw.mirror_weight.is_some()),
+        (
+            "analysis.primaryReadyThreshold",
+            raw.primary_ready_threshold.is_some(),
+        ),
+        (
+            "analysis.canaryReadyThreshold",
+            raw.canary_ready_threshold.is_some(),
+        ),
+    ];
+    if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+        return err(*field, "is a Flagger field that canary-guard does not support (it needs a controller); remove it");
+    }
+    if raw.session_affinity.is_some() {
+        return err(
+            "analysis.sessionAffinity",
+            "set sessionAffinity at the top level of the canary-guard configuration",
+        );
+    }
+
+    let interval_text = raw.interval.unwrap_or_else(|| "1m".to_string());
+    let interval_ms = check_interval("analysis.interval", &interval_text)?;
+
+    let threshold = raw.threshold.unwrap_or(1);
+    if threshold == 0 {
+        return err("analysis.threshold", "0 must be at least 1");
+    }
+
+    let steps = check_steps(
+        raw.step_weight,
+        raw.max_weight,
+        raw.step_weights,
+        raw.iterations,
+    )?;
+
+    let promotion_step = match raw.step_weight_promotion {
+        None | Some(0) => 0,
+        Some(v) => weight("analysis.stepWeightPromotion", v)?,
+    };
+
+    let min_requests = raw.min_requests.unwrap_or(1);
+    if min_requests == 0 {
+        return err(
+            "analysis.minRequests",
+            "0 must be at least 1 (no data fails a check)",
+        );
+    }
+
+    let mut matches = Vec::new();
+    for (i, m) in raw.matches.unwrap_or_default().into_iter().enumerate() {
+        matches.push(check_match(i, m.0)?);
+    }
+    if matches!(steps, Steps::Iterations(_)) && matches.is_empty() {
+        return err(
+            "analysis.iterations",
+            "A/B testing with iterations needs analysis.match rules",
+        );
+    }
+
+    let mut metrics = Vec::new();
+    for (i, m) in raw.metrics.unwrap_or_default().into_iter().enumerate() {
+        metrics.push(check_metric(i, m.0, interval_ms)?);
+    }
+
+    Ok(Analysis {
+        interval_ms,
+        threshold,
+        steps,
+        promotion_step,
+        min_requests,
+        consecutive: raw.consecutive.unwrap_or(false),
+        matches,
+        metrics,
+    })
+}
+
+fn check_interval(field: &str, text: &str) -> Result<u64, ConfigError> {
+    let ms = parse_millis(text).or_else(|e| err(field, e))?;
+    if ms < MIN_INTERVAL_MS {
+        return err(
+            field,
+            format!("{text:?} must be at least {MIN_INTERVAL_MS}ms"),
+        );
+    }
+    if ms > MAX_WINDOW_MS {
+        return err(field, format!("{text:?} must be at most 24h"));
+    }
+    Ok(ms)
+}
+
+fn check_steps(
+    step_weight: Option<u32>,
+    max_weight: Option<u32>,
+    step_weights: Option<Vec<u32>>,
+    iterations: Option<u32>,
+) -> Result<Steps, ConfigError> {
+    let max = max_weight
+        .map(|v| weight("analysis.maxWeight", v))
+        .transpose()?;
+    match (step_weight, step_weights, iterations) {
+        (_, Some(list), _) => {
+            if list.is_empty() {
+                return err("analysis.stepWeights", "[] must list at least one weight");
+            }
+            let mut out: Vec<u8> = Vec::with_capacity(list.len());
+            for (i, v) in list.iter().enumerate() {
+                let w = weight(&format!("analysis.stepWeights[{i}]"), *v)?;
+                if out.last().is_some_and(|prev| *prev >= w) {
+                    return err(
+                        "analysis.stepWeights",
+                        format!("{list:?} must be strictly increasing"),
+                    );
+                }
+                out.push(w);
+            }
+            if let Some(max) = max {
+                let first = out.first().copied().unwrap_or(0);
+                if max < first {
+                    return err(
+                        "analysis.maxWeight",
+                        format!("{max} is below the first step {first}"),
+                    );
+                }
+                // Steps above maxWeight are capped to it (the analysis never passes maxWeight).
+                out.retain(|w| *w < max);
+                out.push(max);
+            }
+            Ok(Steps::List(out))
+        }
+        (Some(step), None, _) => {
+            let step = weight("analysis.stepWeight", step)?;
+            let max = max.unwrap_or(100);
+            if max < step {
+                return err(
+                    "analysis.maxWeight",
+                    format!("{max} is below the first step {step}"),
+                );
+            }
+            Ok(Steps::Linear { step, max })
+        }
+        (None, None, Some(n)) => {
+            if n == 0 {
+                return err("analysis.iterations", "0 must be at least 1");
+            }
+            if max.is_some() {
+                return err(
+                    "analysis.maxWeight",
+                    "does not apply to A/B testing with iterations",
+                );
+            }
+            Ok(Steps::Iterations(n))
+        }
+        (None, None, None) => err(
+            "analysis",
+            "needs stepWeight, stepWeights or iterations (A/B testing) to know how to progress",
+        ),
+    }
+}
+
+fn check_match(i: usize, raw: RawMatch) -> Result<MatchRule, ConfigError> {
+    let field = format!("analysis.match[{i}].headers");
+    if raw.headers.is_empty() {
+        return err(field, "{} must list at least one header");
+    }
+    let mut headers = Vec::new();
+    for (name, Obj(m)) in raw.headers {
+        let hfield = format!("{field}.{name}");
+        let lower = name.to_ascii_lowercase();
+        if !is_header_name(&lower) && !lower.starts_with(':') {
+            return err(hfield, format!("{name:?} is not a valid header name"));
+        }
+        let set = [&m.exact, &m.prefix, &m.suffix, &m.regex]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set != 1 {
+            return err(hfield, "needs exactly one of exact, prefix, suffix, regex");
+        }
+        let matcher = match (m.exact, m.prefix, m.suffix, m.regex) {
+            (Some(v), _, _, _) => StringMatch::Exact(v),
+            (_, Some(v), _, _) => StringMatch::Prefix(v),
+            (_, _, Some(v), _) => StringMatch::Suffix(v),
+            (_, _, _, Some(v)) => {
+                StringMatch::regex(&v, MAX_REGEX_LEN).map_err(|e| ConfigError {
+                    field: format!("{hfield}.regex"),
+                    message: e,
+                })?
+            }
+            _ => return err(hfield, "needs exactly one of exact, prefix, suffix, regex"),
+        };
+        headers.push((lower, matcher));
+    }
+    Ok(MatchRule { headers })
+}
+
+fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricCheck, ConfigError> {
+    let field = format!("analysis.metrics[{i}]");
+    if raw.template_ref.is_some() || raw.template_variables.is_some() {
+        return err(
+            format!("{field}.templateRef"),
+            format!("metric {:?} uses a MetricTemplate; canary-guard measures in the proxy and supports only the built-in request-success-rate and request-duration", raw.name),
+        );
+    }
+    let duration = match raw.name.as_str() {
+        "request-success-rate" => false,
+        "request-duration" => true,
+        other => {
+            return err(
+                format!("{field}.name"),
+                format!("{other:?} is not supported; canary-guard supports request-success-rate and request-duration"),
+            )
+        }
+    };
+    let Some(Obj(range)) = raw.threshold_range else {
+        return err(
+            format!("{field}.thresholdRange"),
+            "is required (min, max or both)",
+        );
+    };
+    let rfield = format!("{field}.thresholdRange");
+    if range.min.is_none() && range.max.is_none() {
+        return err(rfield, "needs min, max or both");
+    }
+    for (bound, v) in [("min", range.min), ("max", range.max)] {
+        if let Some(v) = v {
+            let in_range = if duration {
+                v.is_finite() && v >= 0.0
+            } else {
+                (0.0..=100.0).contains(&v)
+            };
+            if !in_range {
+                let allowed = if duration {
+                    "milliseconds, at least 0"
+                } else {
+                    "a percentage between 0 and 100"
+                };
+                return err(
+                    format!("{rfield}.{bound}"),
+                    format!("{v} must be {allowed}"),
+                );
+            }
+        }
+    }
+    if let (Some(lo), Some(hi)) = (range.min, range.max) {
+        if lo > hi {
+            return err(rfield, format!("min {lo} is above max {hi}"));
+        }
+    }
+    let window_ms = match raw.interval {
+        Some(text) => check_interval(&format!("{field}.interval"), &text)?,
+        None => interval_ms,
+    };
+    // The percentile is part of the request-duration kind, not a field every metric carries.
+    let kind = match (duration, raw.percentile) {
+        (true, Some(p)) if p > 0.0 && p <= 100.0 => MetricKind::Duration { percentile: p },
+        (true, Some(p)) => {
+            return err(
+                format!("{field}.percentile"),
+                format!("{p} must be in (0, 100]"),
+            )
+        }
+        (true, None) => MetricKind::Duration { percentile: 99.0 },
+        (false, Some(p)) => {
+            return err(
+                format!("{field}.percentile"),
+                format!("{p} only applies to request-duration"),
+            )
+        }
+        (false, None) => MetricKind::SuccessRate,
+    };
+    Ok(MetricCheck {
+        name: raw.name,
+        kind,
+        min: range.min,
+        max: range.max,
+        window_ms,
+    })
+}
