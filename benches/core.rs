@@ -14,7 +14,7 @@
 
 use canary_guard::analyser::Analyser;
 use canary_guard::config::{parse, Config};
-use canary_guard::host::{HostError, Level, SetError, SharedStore, Stat, Telemetry};
+use canary_guard::host::SharedStore;
 use canary_guard::outcome::Side;
 use canary_guard::routing::decide;
 use canary_guard::state::{CanaryState, Phase};
@@ -22,64 +22,20 @@ use canary_guard::store::lease::HolderKind;
 use canary_guard::store::slots::SlotPublisher;
 use canary_guard::store::Keys;
 use canary_guard::tally::{bucket_ms_for, SlotRecord};
+use canary_guard::testkit::fake_host::{FakeStore as Store, NullTelemetry};
+use canary_guard::testkit::EXAMPLE;
 use canary_guard::worker::Worker;
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 const REPS: usize = 9;
 const MIN_BATCH: Duration = Duration::from_millis(20);
 
-/// The README example (the unit tests' too): header affinity, one `match` rule, two 10 s
-/// metrics, 1 s interval, steps 1, 5, 10, 25, 50.
-const EXAMPLE: &str = include_str!("../tests/data/example-config.json");
-
 /// 20 latencies (µs) that fall in 20 distinct histogram buckets.
 const LATENCIES: [u64; 20] = [
     800, 900, 1_000, 1_100, 1_200, 1_300, 1_500, 1_700, 2_000, 2_300, 2_600, 3_000, 3_500, 4_000,
     5_000, 6_000, 8_000, 10_000, 15_000, 25_000,
 ];
-
-/// Shared data with proxy-wasm's CAS semantics; values are copied in and out like the host does.
-#[derive(Default)]
-struct Store {
-    data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-    cas: Cell<u32>,
-}
-
-impl SharedStore for Store {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        Ok(self.data.borrow().get(key).cloned())
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
-        let mut data = self.data.borrow_mut();
-        if let Some((_, current)) = data.get(key) {
-            if cas != 0 && cas != *current {
-                return Err(SetError::CasMismatch);
-            }
-        }
-        self.cas.set(self.cas.get().wrapping_add(1).max(1));
-        data.insert(key.to_string(), (value.to_vec(), self.cas.get()));
-        Ok(())
-    }
-}
-
-/// Drops stats and logs (the log lines are still formatted by the caller, as in Envoy).
-struct NullTelemetry;
-
-impl Telemetry for NullTelemetry {
-    fn gauge(&mut self, _: &str, stat: Stat, value: u64) {
-        black_box((stat, value));
-    }
-    fn count(&mut self, _: &str, stat: Stat, delta: u64) {
-        black_box((stat, delta));
-    }
-    fn log(&mut self, _: Level, message: &str) {
-        black_box(message);
-    }
-}
 
 fn config(edit: impl FnOnce(&mut serde_json::Value)) -> Config {
     let mut v: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
@@ -286,7 +242,7 @@ fn main() {
     let mut publisher = SlotPublisher::new(11, bucket_ms);
     publisher.record = full.clone();
     let pub_store = Store::default();
-    publisher.publish(&pub_store, &keys, now);
+    publisher.publish(&pub_store, &keys);
     table.run(
         &format!(
             "SlotRecord::encode ({} buckets, {} B)",
@@ -303,7 +259,7 @@ fn main() {
     table.run(
         "SlotPublisher::publish (get + owner check + encode + set)",
         || {
-            black_box(publisher.publish(&pub_store, &keys, now));
+            black_box(publisher.publish(&pub_store, &keys));
         },
     );
 
@@ -338,7 +294,7 @@ fn main() {
         analyser.tick(&an_store, &mut tel, t);
     });
     let slots: Vec<SlotRecord> = (0..4)
-        .map(|s| SlotRecord::decode(&an_store.data.borrow()[&keys.slot(s)].0).unwrap())
+        .map(|s| SlotRecord::decode(&an_store.raw(&keys.slot(s)).unwrap()).unwrap())
         .collect();
     table.run("window sum: 4 slots x 1 metric (merge)", || {
         let mut w = canary_guard::tally::Tally::default();

@@ -99,10 +99,6 @@ impl Histogram {
         self.entries.iter().map(|e| u64::from(e.1)).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The `p`-th percentile (0 < p <= 100) in µs, or `None` when empty. Nearest-rank: the
     /// smallest bucket whose cumulative count reaches ceil(p% of n).
     pub fn percentile(&self, p: f64) -> Option<f64> {

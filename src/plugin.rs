@@ -270,3 +270,146 @@ impl Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Stat;
+    use crate::testkit::fake_host::{FakeHttp, FakeRoot, FakeStore, FakeTelemetry};
+    use crate::testkit::sim::config;
+
+    struct Rig {
+        store: FakeStore,
+        tel: FakeTelemetry,
+        host: FakeRoot,
+        root: Root,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            Rig {
+                store: FakeStore::default(),
+                tel: FakeTelemetry::default(),
+                host: FakeRoot {
+                    now_ms: 1_000,
+                    random: Some(42),
+                    tick_ms: None,
+                },
+                root: Root::new(1),
+            }
+        }
+
+        fn configure(&mut self, raw: &str) -> bool {
+            let mut env = Env {
+                store: &self.store,
+                telemetry: &mut self.tel,
+                host: &mut self.host,
+            };
+            self.root
+                .on_configure(Some(raw.as_bytes().to_vec()), &mut env)
+        }
+
+        fn tick(&mut self) {
+            let mut env = Env {
+                store: &self.store,
+                telemetry: &mut self.tel,
+                host: &mut self.host,
+            };
+            self.root.on_tick(&mut env);
+        }
+
+        /// One request; the routing header the stream left.
+        fn request(&mut self, http: &mut FakeHttp) -> Option<String> {
+            let mut stream = self.root.new_stream();
+            stream.on_request_headers(&self.store, http);
+            http.response.insert(":status".into(), b"200".to_vec());
+            stream.on_response_headers(http);
+            stream.on_log(http);
+            http.request_value("x-canary-upstream").map(str::to_string)
+        }
+    }
+
+    #[test]
+    fn a_refused_configuration_is_logged_as_one_error_line_and_returns_false() {
+        let mut rig = Rig::new();
+        assert!(!rig.configure(r#"{"name": "web"}"#));
+        assert_eq!(rig.tel.logs.len(), 1);
+        let (level, line) = &rig.tel.logs[0];
+        assert_eq!(*level, Level::Error);
+        assert!(
+            line.starts_with("invalid canary-guard configuration: "),
+            "{line}"
+        );
+        assert_eq!(
+            rig.host.tick_ms, None,
+            "no tick for a refused configuration"
+        );
+        let mut env = Env {
+            store: &rig.store,
+            telemetry: &mut rig.tel,
+            host: &mut rig.host,
+        };
+        assert!(!rig.root.on_configure(None, &mut env));
+        assert!(rig.tel.logged("no plugin configuration"));
+    }
+
+    #[test]
+    fn the_role_sets_the_tick_period() {
+        let mut rig = Rig::new();
+        assert!(rig.configure(r#"{"role": "analyser"}"#));
+        assert_eq!(rig.host.tick_ms, Some(SINGLETON_TICK_MS));
+        for (interval, tick) in [("100ms", 20), ("500ms", 50), ("1s", 100), ("1h", 100)] {
+            let mut rig = Rig::new();
+            assert!(rig.configure(&config(&[("/analysis/interval", interval.into())])));
+            assert_eq!(rig.host.tick_ms, Some(tick), "interval {interval}");
+        }
+    }
+
+    #[test]
+    fn a_stream_of_an_analyser_or_unconfigured_context_routes_nothing() {
+        let mut rig = Rig::new();
+        let mut http = FakeHttp::default();
+        http.request
+            .insert("x-canary-upstream".into(), b"web-canary".to_vec());
+        assert_eq!(rig.request(&mut http).as_deref(), Some("web-canary"));
+        assert!(rig.configure(r#"{"role": "analyser"}"#));
+        assert_eq!(rig.request(&mut http).as_deref(), Some("web-canary"));
+    }
+
+    #[test]
+    fn a_filter_overwrites_the_client_routing_header_and_counts_the_outcome() {
+        let mut rig = Rig::new();
+        assert!(rig.configure(&config(&[])));
+        let mut http = FakeHttp::default();
+        http.request
+            .insert("x-canary-upstream".into(), b"web-canary".to_vec());
+        // No analysis state yet: stable, whatever the client sent.
+        assert_eq!(rig.request(&mut http).as_deref(), Some("web-stable"));
+        rig.tick();
+        assert_eq!(rig.tel.counter_of("web", Stat::StableRequests), 1);
+    }
+
+    #[test]
+    fn a_header_the_host_will_not_set_sends_stable_and_is_counted_as_a_host_error() {
+        let mut rig = Rig::new();
+        assert!(rig.configure(&config(&[])));
+        let mut http = FakeHttp {
+            refuse_headers: true,
+            ..FakeHttp::default()
+        };
+        rig.request(&mut http);
+        rig.store.broken.set(Some(10));
+        rig.tick();
+        assert_eq!(rig.tel.counter_of("web", Stat::HostErrorsSetHeader), 1);
+        assert!(rig.tel.counter_of("web", Stat::HostErrorsGetSharedData) > 0);
+        // The request still counts, as stable.
+        assert_eq!(rig.tel.counter_of("web", Stat::StableRequests), 1);
+        assert!(
+            rig.tel.logs.iter().any(|(l, m)| *l == Level::Debug
+                && m.contains("host call(s) failed")
+                && m.contains("status 10")),
+            "{:?}",
+            rig.tel.logs
+        );
+    }
+}

@@ -130,7 +130,6 @@ pub struct Bucket {
 pub struct SlotRecord {
     /// Random token of the owning root context; 0 when released (free to claim).
     pub owner: u64,
-    pub heartbeat_ms: u64,
     pub bucket_ms: u64,
     pub totals: Totals,
     /// Sorted by `start_ms`, strictly increasing.
@@ -210,7 +209,8 @@ impl SlotRecord {
         w.buf
             .reserve_exact(58 + self.buckets.len() * 44 + entries * 6 + 8);
         w.u64(self.owner);
-        w.u64(self.heartbeat_ms);
+        // Reserved (was a heartbeat nobody read): kept so the layout stays version 2.
+        w.u64(0);
         w.u64(self.bucket_ms);
         w.u64(self.totals.stable_requests);
         w.u64(self.totals.stable_errors);
@@ -235,7 +235,7 @@ impl SlotRecord {
     pub fn decode(bytes: &[u8]) -> Option<SlotRecord> {
         let mut r = Reader::with_header(bytes, MAGIC, VERSION)?;
         let owner = r.u64()?;
-        let heartbeat_ms = r.u64()?;
+        let _reserved = r.u64()?;
         let bucket_ms = r.u64()?;
         let totals = Totals {
             stable_requests: r.u64()?,
@@ -279,7 +279,6 @@ impl SlotRecord {
             && in_buckets.canary_errors <= totals.canary_errors;
         (r.is_done() && within_totals).then_some(SlotRecord {
             owner,
-            heartbeat_ms,
             bucket_ms,
             totals,
             buckets,
@@ -307,7 +306,6 @@ mod tests {
 
     fn sample() -> SlotRecord {
         let mut s = SlotRecord::new(42, 250);
-        s.heartbeat_ms = 10_000;
         s.record(1_000, Side::Canary, 200, 1_500);
         s.record(1_100, Side::Canary, 503, 900);
         s.record(1_300, Side::Stable, 200, 2_000);

@@ -114,7 +114,7 @@ impl Worker {
         self.publisher
             .record
             .prune(now_ms.saturating_sub(retention));
-        if self.publisher.publish(store, &self.keys, now_ms) == Publish::Written {
+        if self.publisher.publish(store, &self.keys) == Publish::Written {
             self.dirty = false;
         }
     }
@@ -183,8 +183,7 @@ impl Worker {
     pub fn shutdown(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry) {
         self.report_counters(tel);
         if self.dirty {
-            let now = self.now_ms;
-            self.publisher.publish(store, &self.keys, now);
+            self.publisher.publish(store, &self.keys);
         }
         self.publisher.release(store, &self.keys);
     }

@@ -40,8 +40,7 @@ impl SlotPublisher {
     }
 
     /// Writes the local record into this context's slot, claiming one first if needed.
-    pub fn publish(&mut self, store: &dyn SharedStore, keys: &Keys, now_ms: u64) -> Publish {
-        self.record.heartbeat_ms = now_ms;
+    pub fn publish(&mut self, store: &dyn SharedStore, keys: &Keys) -> Publish {
         if let Some(i) = self.index {
             match self.write_owned(store, &keys.slot(i)) {
                 Some(true) => return Publish::Written,
@@ -179,8 +178,8 @@ mod tests {
         let mut b = SlotPublisher::new(2, 100);
         a.record.record(0, Side::Canary, 200, 10);
         b.record.record(0, Side::Stable, 500, 10);
-        assert_eq!(a.publish(&s, &k, 0), Publish::Written);
-        assert_eq!(b.publish(&s, &k, 0), Publish::Written);
+        assert_eq!(a.publish(&s, &k), Publish::Written);
+        assert_eq!(b.publish(&s, &k), Publish::Written);
         assert_eq!((a.index(), b.index()), (Some(0), Some(1)));
         assert_eq!(
             total(&s, &k),
@@ -199,13 +198,13 @@ mod tests {
         let k = Keys::new("web");
         let mut a = SlotPublisher::new(1, 100);
         a.record.record(0, Side::Canary, 200, 10);
-        a.publish(&s, &k, 0);
+        a.publish(&s, &k);
         // A racing claimer overwrote slot 0 (the absent-key race).
         let mut b = SlotPublisher::new(2, 100);
         b.record.record(0, Side::Canary, 200, 10);
         s.put(&k.slot(0), &b.record.encode());
         a.record.record(1, Side::Canary, 200, 10);
-        assert_eq!(a.publish(&s, &k, 1), Publish::Written);
+        assert_eq!(a.publish(&s, &k), Publish::Written);
         assert_eq!(a.index(), Some(1));
         assert_eq!(
             total(&s, &k).canary_requests,
@@ -220,11 +219,11 @@ mod tests {
         let k = Keys::new("web");
         let mut a = SlotPublisher::new(1, 100);
         (0..5).for_each(|_| a.record.record(0, Side::Canary, 200, 10));
-        a.publish(&s, &k, 0);
+        a.publish(&s, &k);
         a.release(&s, &k);
         let mut b = SlotPublisher::new(2, 100);
         b.record.record(0, Side::Canary, 503, 10);
-        b.publish(&s, &k, 1);
+        b.publish(&s, &k);
         assert_eq!(b.index(), Some(0), "reused");
         assert_eq!(total(&s, &k).canary_requests, 6);
         assert_eq!(total(&s, &k).canary_errors, 1);
@@ -236,9 +235,9 @@ mod tests {
         let s = FakeStore::default();
         let k = Keys::new("web");
         let mut a = SlotPublisher::new(1, 100);
-        a.publish(&s, &k, 0);
+        a.publish(&s, &k);
         let mut b = SlotPublisher::new(2, 100);
-        b.publish(&s, &k, 100_000);
+        b.publish(&s, &k);
         assert_eq!(b.index(), Some(1));
     }
 
@@ -248,7 +247,7 @@ mod tests {
         let k = Keys::new("web");
         let mut a = SlotPublisher::new(1, 100);
         a.record.record(0, Side::Canary, 200, 10);
-        a.publish(&s, &k, 0);
+        a.publish(&s, &k);
         s.put(&k.slot(1), b"junk");
         let (records, corrupt, bytes) = read_all(&s, &k);
         assert_eq!((records.len(), corrupt), (1, 1));
@@ -262,9 +261,9 @@ mod tests {
         let mut a = SlotPublisher::new(1, 100);
         a.record.record(0, Side::Canary, 200, 10);
         s.broken.set(Some(10));
-        assert_eq!(a.publish(&s, &k, 0), Publish::Deferred);
+        assert_eq!(a.publish(&s, &k), Publish::Deferred);
         s.broken.set(None);
-        assert_eq!(a.publish(&s, &k, 1), Publish::Written);
+        assert_eq!(a.publish(&s, &k), Publish::Written);
         assert_eq!(total(&s, &k).canary_requests, 1);
     }
 }
