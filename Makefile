@@ -90,7 +90,6 @@ integration: setup build ## Run the integration tests against real Envoy (pytest
 	$(PY) -m pytest tests/integration -q -rfEs --color=$(if $(IS_CI),no,auto) \
 		-o junit_family=xunit1 --junitxml=$(OUT)/pytest-integration.xml $(PYTEST_ARGS)
 	@$(if $(IS_CI),$(PY) scripts/check_junit.py $(OUT)/pytest-integration.xml,true)
-	$(PY) scripts/istio_envoy_check.py
 
 test: setup build unit integration ## Everything CI tests: setup, build, unit tests, integration tests
 
@@ -106,7 +105,7 @@ fmt: ## Format the Rust code (cargo fmt)
 	cargo fmt --all
 
 demo: setup build ## Live demo: real Envoy, steady traffic, canary steps up, a fault, automatic rollback
-	$(PY) scripts/demo.py $(DEMO_ARGS)
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 FUZZ_SECS    ?= 60
 FUZZ_SEED    ?=
@@ -128,7 +127,7 @@ bench-deps: ## Install wrk (Debian package) if missing
 
 bench: setup build bench-fixture bench-deps ## Benchmarks (not in make test): core ns/op, proxy A/B/C/D CPU per request, rollback reaction, memory -> out/bench/results.md (options in BENCH_ARGS)
 	cargo bench --bench core
-	$(PY) scripts/bench.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench $(BENCH_ARGS)
 
 clean: ## Remove build output, .venv and out/
 	cargo clean

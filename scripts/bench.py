@@ -2,7 +2,7 @@
 """canary-guard benchmarks (`make bench`; never part of `make test`).
 
 Run with the venv's python once Envoy, the module and the fixture are built:
-    .venv/bin/python scripts/bench.py [--rounds 1 --duration 3 ...]
+    .venv/bin/python -m scripts.bench [--rounds 1 --duration 3 ...]
 
 Three parts, each against real Envoys started from the repository's configs (through
 tests/integration/harness.py; only ports, paths, routes and filters rewritten):
@@ -50,8 +50,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-import harness  # noqa: E402
+from tests.integration import harness
 import requests  # noqa: E402
 
 CANARY = "web"

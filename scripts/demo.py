@@ -2,7 +2,7 @@
 """canary-guard live demo: a canary rollout, a bad canary, and the automatic rollback.
 
 Run it with `make demo` (which installs Envoy and builds the module first), or directly
-with the venv's python once both are there: `.venv/bin/python scripts/demo.py`.
+with the venv's python once both are there: `.venv/bin/python -m scripts.demo`.
 
 It starts two real Envoys from the repository's configs (only ports and paths rewritten,
 the analyser singleton kept): envoy/backends.yaml (the stable and canary services) and
@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-import harness  # noqa: E402
+from tests.integration import harness
 
 CANARY = "web"
 STAT_PREFIX = f"{harness.WASM_STAT_PREFIX}canary_guard.{CANARY}."

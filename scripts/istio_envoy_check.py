@@ -17,7 +17,7 @@ What no schema can tell, checked with the Envoy of `make setup` and the module o
    route of istio/virtualservice.yaml while no canary-guard filter runs (failed open). A control
    run without the patch must reach the canary.
 
-    .venv/bin/python scripts/istio_envoy_check.py [--envoy PATH] [--wasm PATH]
+    .venv/bin/python -m scripts.istio_envoy_check [--envoy PATH] [--wasm PATH]
 
 Exit status 0 when every check passes. Envoy: $ENVOY_BIN or .venv/bin/envoy.
 """
@@ -42,10 +42,9 @@ from typing import Any, Optional
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import istio_validate as iv  # noqa: E402  (strict YAML loading)
-import istio_shape  # noqa: E402
-from istio_shape import istio_wasm_filter  # noqa: E402
+from tests import istio_validate as iv  # strict YAML loading
+from tests import istio_shape
+from tests.istio_shape import istio_wasm_filter
 
 ISTIO = REPO / "istio"
 ENVOY_YAML = REPO / "envoy" / "envoy.yaml"

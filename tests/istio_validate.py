@@ -24,12 +24,13 @@ would, with nothing but PyYAML:
   unknown field is judged by the structural schema alone, never inside a branch;
 - `x-kubernetes-int-or-string`, `x-kubernetes-list-type: map|set` with
   `x-kubernetes-list-map-keys` (unique items / unique keys);
-- `x-kubernetes-validations`: CEL rules have no Python evaluator, so every rule that occurs
-  in the bundle is implemented here by hand (table `CEL_RULES`, keyed by the rule text). A
-  rule not in the table is not evaluated and is reported in `Result.unevaluated`, so a
-  caller can insist that nothing was skipped.
+- `x-kubernetes-validations`: CEL rules are evaluated by cel-python (`CelRules`), with the
+  Kubernetes extension functions the bundle uses (`isURL`, `url().getScheme()`,
+  `substring`) written on Go-semantics oracles, so a new bundle's rules are checked without
+  new code. A rule that cannot be compiled is not evaluated and is reported in
+  `Result.unevaluated`, so a caller can insist that nothing was skipped.
 
-What it cannot check (the API server or istiod would): CEL rules beyond the table,
+What it cannot check (the API server or istiod would): CEL rules using functions beyond those,
 admission webhooks (istiod's validation webhook checks more, for example regex syntax and
 host names), cross-object references, and the contents of `preserve-unknown-fields` objects
 such as a WasmPlugin's `pluginConfig` or an EnvoyFilter's `patch.value`.
@@ -51,7 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+import celpy
 import yaml
+from celpy import celtypes
 
 REPO = Path(__file__).resolve().parents[1]
 # Where the bundle is looked for, in order: $ISTIO_CRDS, a copy in the repository, the
@@ -109,32 +112,8 @@ def loads_documents(text: str) -> list[Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# CEL rules of the bundle, implemented by hand
+# CEL rules of the bundle: cel-python, with Kubernetes' extension functions
 # ----------------------------------------------------------------------------------------------
-
-_GO_DURATION = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def go_duration_seconds(text: str) -> float:
-    """Go's time.ParseDuration (what CEL's duration() accepts): "300ms", "1.5s", "2h45m"."""
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"invalid duration {text!r}")
-    sign, body = 1.0, text
-    if body[0] in "+-":
-        sign, body = (-1.0 if body[0] == "-" else 1.0), body[1:]
-    if body == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for m in _GO_DURATION.finditer(body):
-        if m.start() != pos:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(body) or pos == 0:
-        raise ValueError(f"invalid duration {text!r}")
-    return sign * total
-
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 
@@ -153,106 +132,50 @@ def go_url_scheme(text: str) -> Optional[str]:
     return m.group(1).lower()
 
 
-def _url_rule(schemes: Iterable[str]) -> Callable[[Any], bool]:
-    allowed = set(schemes)
-
-    def rule(s: str) -> bool:
-        scheme = go_url_scheme(s)
-        if scheme is not None:
-            return scheme in allowed
-        fallback = go_url_scheme("http://" + s)
-        return fallback is not None and fallback in allowed
-
-    return rule
-
-
 def _has(obj: Any, key: str) -> bool:
     return isinstance(obj, dict) and key in obj
 
 
-def _get(obj: dict, key: str, default: Any) -> Any:
-    return obj[key] if _has(obj, key) else default
+class CelRules:
+    """The bundle's `x-kubernetes-validations` rules, compiled and evaluated by cel-python, with
+    the Kubernetes CEL extensions they use (`isURL`, `url(...).getScheme()`, the strings
+    library's `substring`) written on our Go-semantics oracles above. A rule that does not
+    compile (a function this evaluator lacks) is reported, never passed."""
+
+    def __init__(self) -> None:
+        self._env = celpy.Environment()
+        self._programs: dict[str, Any] = {}
+        self._functions = {
+            "isURL": lambda s: celtypes.BoolType(go_url_scheme(str(s)) is not None),
+            # url() keeps the text; getScheme() parses it as Go's url.ParseRequestURI does.
+            "url": lambda s: celtypes.StringType(str(s)),
+            "getScheme": lambda u: celtypes.StringType(go_url_scheme(str(u)) or ""),
+            "substring": lambda s, start, end: celtypes.StringType(str(s)[int(start):int(end)]),
+        }
+
+    def program(self, rule: str) -> Optional[Any]:
+        """The compiled rule, or None when cel-python cannot compile it."""
+        if rule not in self._programs:
+            try:
+                self._programs[rule] = self._env.program(self._env.compile(rule), functions=self._functions)
+            except Exception:  # a syntax this evaluator lacks: reported as unevaluated
+                self._programs[rule] = None
+        return self._programs[rule]
+
+    def holds(self, rule: str, value: Any) -> Optional[bool]:
+        """Whether `value` (as `self`) satisfies the rule; None when it cannot be evaluated. A
+        CEL runtime error (bad int(), bad duration, missing key) fails the rule."""
+        prg = self.program(rule)
+        if prg is None:
+            return None
+        try:
+            result = prg.evaluate({"self": celpy.json_to_cel(value)})
+        except Exception:
+            return False
+        return isinstance(result, celtypes.BoolType) and bool(result)
 
 
-def _count(obj: dict, *keys: str) -> int:
-    return sum(1 for k in keys if _has(obj, k))
-
-
-_LABEL_NAME = re.compile(r"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$")
-
-CEL_RULES: dict[str, Callable[[Any], bool]] = {
-    '!self.contains("*")': lambda s: "*" not in s,
-    'self != "*"': lambda s: s != "*",
-    'self.size() == 0': lambda s: len(s) == 0,
-    'self.all(key, !key.contains("*"))': lambda s: all("*" not in k for k in s),
-    'self.all(key, key.size() != 0)': lambda s: all(len(k) != 0 for k in s),
-    'self.all(key, 0 < int(key) && int(key) <= 65535)': lambda s: all(0 < int(k) <= 65535 for k in s),
-    'self.all(key, size(key) < 63 && key.matches("^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$"))':
-        lambda s: all(len(k) < 63 and _LABEL_NAME.search(k) is not None for k in s),
-    'self.all(l1, self.exists_one(l2, l1.number == l2.number))':
-        lambda s: all(sum(1 for b in s if b.get("number") == a.get("number")) == 1 for a in s),
-    '0 < self && self <= 65535': lambda s: 0 < s <= 65535,
-    'self in ["", "HTTP", "HTTPS"]': lambda s: s in ("", "HTTP", "HTTPS"),
-    "duration(self) >= duration('1ms')": lambda s: go_duration_seconds(s) >= 0.001,
-    'url(self).getScheme() in ["http", "https"]':
-        lambda s: go_url_scheme(s) in ("http", "https"),
-    'isURL(self) ? (url(self).getScheme() in ["", "http", "https", "oci", "file"]) : (isURL("http://" + self) &&\n'
-    'url("http://" + self).getScheme() in ["", "http", "https", "oci", "file"])':
-        _url_rule(["", "http", "https", "oci", "file"]),
-    'isURL(self) ? (url(self).getScheme() in ["", "http", "https", "file", "oci"]) : (isURL("http://" + self) &&\n'
-    'url("http://" + self).getScheme() in ["", "http", "https", "file", "oci"])':
-        _url_rule(["", "http", "https", "file", "oci"]),
-    'self.startsWith("unix://") ? !self.endsWith("/") : true':
-        lambda s: not s.startswith("unix://") or not s.endswith("/"),
-    'self.startsWith("unix://") ? (self.substring(7, 8) == "/" || self.substring(7, 8) == "@") : true':
-        lambda s: not s.startswith("unix://") or s[7:8] in ("/", "@"),
-    '(has(self.selector) ? 1 : 0) + (has(self.targetRef) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1':
-        lambda s: _count(s, "selector", "targetRef", "targetRefs") <= 1,
-    '(has(self.selector) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1':
-        lambda s: _count(s, "selector", "targetRefs") <= 1,
-    '(has(self.workloadSelector) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1':
-        lambda s: _count(s, "workloadSelector", "targetRefs") <= 1,
-    '(has(self.workloadSelector) ? 1 : 0) + (has(self.endpoints) ? 1 : 0) <= 1':
-        lambda s: _count(s, "workloadSelector", "endpoints") <= 1,
-    '(has(self.credentialName) ? 1 : 0) + (has(self.credentialNames) ? 1 : 0) <= 1':
-        lambda s: _count(s, "credentialName", "credentialNames") <= 1,
-    '(has(self.credentialNames) ? 1 : 0) + (has(self.tlsCertificates) ? 1 : 0) <= 1':
-        lambda s: _count(s, "credentialNames", "tlsCertificates") <= 1,
-    '(has(self.tlsCertificates) ? 1 : 0) + (has(self.credentialNames) ? 1 : 0) <= 1':
-        lambda s: _count(s, "tlsCertificates", "credentialNames") <= 1,
-    '(has(self.jwksUri) ? 1 : 0) + (has(self.jwks_uri) ? 1 : 0) + (has(self.jwks) ? 1 : 0) <= 1':
-        lambda s: _count(s, "jwksUri", "jwks_uri", "jwks") <= 1,
-    '(has(self.valueFrom) ? self.valueFrom : "") != "HOST" || !has(self.value)':
-        lambda s: _get(s, "valueFrom", "") != "HOST" or not _has(s, "value"),
-    '((has(self.operation) ? self.operation : "") == "REMOVE") ? !has(self.value) : true':
-        lambda s: _get(s, "operation", "") != "REMOVE" or not _has(s, "value"),
-    '((has(self.operation) ? self.operation : "") == "UPSERT") ? (self.value != "") : true':
-        lambda s: _get(s, "operation", "") != "UPSERT" or s["value"] != "",
-    '((has(self.resolution) ? self.resolution : "") == "DNS_ROUND_ROBIN") ? '
-    '((has(self.endpoints) ? self.endpoints : []).size() <= 1) : true':
-        lambda s: _get(s, "resolution", "") != "DNS_ROUND_ROBIN" or len(_get(s, "endpoints", [])) <= 1,
-    '((has(self.resolution) ? self.resolution : "NONE") == "NONE") ? !has(self.endpoints) : true':
-        lambda s: _get(s, "resolution", "NONE") != "NONE" or not _has(s, "endpoints"),
-    '!((has(self.addresses) ? self.addresses : []).exists(k, k.contains("/")) && '
-    '!((has(self.resolution) ? self.resolution : "NONE") in ["STATIC", "NONE"]))':
-        lambda s: not (any("/" in k for k in _get(s, "addresses", []))
-                       and _get(s, "resolution", "NONE") not in ("STATIC", "NONE")),
-    '(has(self.address) ? self.address : "").startsWith("unix://") ? !has(self.ports) : true':
-        lambda s: not _get(s, "address", "").startswith("unix://") or not _has(s, "ports"),
-    'has(self.address) || has(self.network)': lambda s: _has(s, "address") or _has(s, "network"),
-    'has(self.wasm) != has(self.lua)': lambda s: _has(s, "wasm") != _has(s, "lua"),
-    'has(self.context) ? ((self.context == "WAYPOINT") ? has(self.waypoint) : !has(self.waypoint)) : '
-    '!has(self.waypoint)':
-        lambda s: (_has(s, "waypoint") if _get(s, "context", None) == "WAYPOINT" else not _has(s, "waypoint")),
-    'has(self.portLevelMtls) ? (((has(self.selector) && has(self.selector.matchLabels)) ? '
-    'self.selector.matchLabels : {}).size() > 0) : true':
-        lambda s: not _has(s, "portLevelMtls")
-        or len(s["selector"]["matchLabels"] if _has(s, "selector") and _has(s["selector"], "matchLabels") else {}) > 0,
-    '(has(self.serviceAccounts) || has(self.notServiceAccounts)) ? (!has(self.principals) &&\n'
-    '!has(self.notPrincipals) && !has(self.namespaces) && !has(self.notNamespaces)) : true':
-        lambda s: not (_has(s, "serviceAccounts") or _has(s, "notServiceAccounts"))
-        or _count(s, "principals", "notPrincipals", "namespaces", "notNamespaces") == 0,
-}
+CEL = CelRules()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,14 +433,10 @@ class _Walker:
     def _check_cel(self, value: Any, s: dict, path: str) -> None:
         for rule in s.get("x-kubernetes-validations", []):
             text = rule.get("rule", "")
-            fn = CEL_RULES.get(text)
-            if fn is None:
+            ok = CEL.holds(text, value)
+            if ok is None:
                 self.unevaluated.append(f"{path or '<root>'}: {text}")
                 continue
-            try:
-                ok = bool(fn(value))
-            except Exception:  # a CEL runtime error (bad int(), bad duration, missing key) fails the rule
-                ok = False
             if not ok:
                 self.err(path, rule.get("message") or f"fails the validation rule {text!r}")
 

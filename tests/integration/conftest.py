@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness  # noqa: E402
+from tests.integration import harness
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -2,7 +2,7 @@
 
 import time
 
-from harness import send, summarize
+from tests.integration.harness import send, summarize
 
 
 def test_backends_answer_and_canary_faults_toggle(backends):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-import harness
+from tests.integration import harness
 
 PHASES = harness.PHASES
 PROGRESSING, SUCCEEDED, FAILED = 1, 3, 4

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import pytest
 import yaml
 
-import harness
+from tests.integration import harness
 
 COMPOSE_FILE = harness.REPO / "docker-compose.yml"
 WORKDIR_DEFAULT = "/"

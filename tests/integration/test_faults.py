@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-import harness
+from tests.integration import harness
 from test_canary import canary_cfg, decision_lines, stat, wait_phase
 
 PROGRESSING, SUCCEEDED, FAILED = 1, 3, 4

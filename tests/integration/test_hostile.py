@@ -30,8 +30,8 @@ from typing import Optional, Sequence, Union
 
 import pytest
 
-import harness
-from raw_upstream import CLOSE, HOLD, RESET, RawUpstream, abort, ok_response
+from tests.integration import harness
+from tests.integration.raw_upstream import CLOSE, HOLD, RESET, RawUpstream, abort, ok_response
 
 PROGRESSING, FAILED = 1, 4
 ROUTING_HEADER = b"x-canary-upstream"

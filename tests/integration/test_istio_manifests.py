@@ -20,7 +20,6 @@ import copy
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,10 +27,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-import istio_validate as iv  # noqa: E402
-import istio_shape  # noqa: E402
-from istio_shape import istio_struct_json  # noqa: E402
+from tests import istio_validate as iv  # strict YAML loading
+from tests import istio_shape
+from tests.istio_shape import istio_struct_json
 
 ISTIO = REPO / "istio"
 MANIFESTS = sorted(ISTIO.glob("*.yaml"))
@@ -112,7 +110,7 @@ def test_manifest_validates_against_the_crds(bundle, name, manifest):
     assert result.unevaluated == [], f"{name}: CEL rules not evaluated: {result.unevaluated}"
 
 
-def test_every_cel_rule_of_the_bundle_is_implemented(bundle):
+def test_every_cel_rule_of_the_bundle_is_evaluated(bundle):
     """So that no document can pass because a rule was skipped."""
     rules: set[str] = set()
 
@@ -130,7 +128,7 @@ def test_every_cel_rule_of_the_bundle_is_implemented(bundle):
     for v in bundle.versions.values():
         walk(v.schema)
     assert rules, "the bundle has CEL rules; none found means the walk is broken"
-    assert sorted(rules - set(iv.CEL_RULES)) == []
+    assert sorted(r for r in rules if iv.CEL.program(r) is None) == []
 
 
 def _set(path: str, value: Any) -> Callable[[dict], None]:

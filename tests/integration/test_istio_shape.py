@@ -12,15 +12,13 @@ rollback and a forged header going to stable."""
 
 from __future__ import annotations
 
-import sys
 
 import yaml
 
-import harness
+from tests.integration import harness
 from test_canary import FAILED, PROGRESSING, SUCCEEDED, canary_cfg, stat, wait_phase, without_early_header_removal
 
-sys.path.insert(0, str(harness.REPO / "tests"))
-from istio_shape import istio_wasm_filter  # noqa: E402
+from tests.istio_shape import istio_wasm_filter
 
 MANIFEST = harness.REPO / "istio" / "wasmplugin-gateway.yaml"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-import harness
+from tests.integration import harness
 
 REPO = harness.REPO
 SCRIPT = REPO / "scripts" / "oci_image.py"

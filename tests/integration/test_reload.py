@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 
-import harness
+from tests.integration import harness
 from test_canary import canary_cfg, canary_upstream_requests, stat, wait_phase
 from test_faults import client_tallies, tallied
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-import harness
+from tests.integration import harness
 from test_canary import FAILED, canary_cfg, canary_upstream_requests, decision_lines, stat, wait_phase
 
 WAITING = 5
