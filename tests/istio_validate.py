@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Strict offline validation of Kubernetes manifests against Istio's CRD bundle.
 
-    tests/istio_validate.py [--crds crd-all.gen.yaml] istio/*.yaml
+    python -m tests.istio_validate [--crds crd-all.gen.yaml] istio/*.yaml
 
 For every YAML document it finds the CustomResourceDefinition of the document's
 `apiVersion` (group/version) and `kind`, takes that version's `openAPIV3Schema` and
