@@ -130,6 +130,9 @@ pub struct Bucket {
 pub struct SlotRecord {
     /// Random token of the owning root context; 0 when released (free to claim).
     pub owner: u64,
+    /// The v2 layout's second word (a heartbeat nobody read, once): new records write 0, a
+    /// decoded record keeps what it held, so that a record re-encodes to the same bytes.
+    pub reserved: u64,
     pub bucket_ms: u64,
     pub totals: Totals,
     /// Sorted by `start_ms`, strictly increasing.
@@ -209,8 +212,7 @@ impl SlotRecord {
         w.buf
             .reserve_exact(58 + self.buckets.len() * 44 + entries * 6 + 8);
         w.u64(self.owner);
-        // Reserved (was a heartbeat nobody read): kept so the layout stays version 2.
-        w.u64(0);
+        w.u64(self.reserved);
         w.u64(self.bucket_ms);
         w.u64(self.totals.stable_requests);
         w.u64(self.totals.stable_errors);
@@ -235,7 +237,7 @@ impl SlotRecord {
     pub fn decode(bytes: &[u8]) -> Option<SlotRecord> {
         let mut r = Reader::with_header(bytes, MAGIC, VERSION)?;
         let owner = r.u64()?;
-        let _reserved = r.u64()?;
+        let reserved = r.u64()?;
         let bucket_ms = r.u64()?;
         let totals = Totals {
             stable_requests: r.u64()?,
@@ -279,6 +281,7 @@ impl SlotRecord {
             && in_buckets.canary_errors <= totals.canary_errors;
         (r.is_done() && within_totals).then_some(SlotRecord {
             owner,
+            reserved,
             bucket_ms,
             totals,
             buckets,

@@ -155,6 +155,7 @@ fn random_slot(rng: &mut Rng, events: usize) -> SlotRecord {
         _ => 1 + rng.below(100_000) as u64,
     };
     let mut r = SlotRecord::new(rng.u64() >> rng.below(64), bucket_ms);
+    r.reserved = rng.interesting_u64();
     let base = rng.u64() >> 20;
     let span = bucket_ms * (1 + rng.below(80) as u64);
     for _ in 0..events {
@@ -273,6 +274,7 @@ fn sample_states() -> Vec<(&'static str, CanaryState)> {
 fn sample_slot(owner: u64, buckets: u64, spread: u64) -> SlotRecord {
     let bucket_ms = 157;
     let mut r = SlotRecord::new(owner, bucket_ms);
+    r.reserved = 1_700_000_060_000;
     for b in 0..buckets {
         let now = 1_700_000_000_000 + b * bucket_ms;
         for i in 0..spread {
