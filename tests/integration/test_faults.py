@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.integration import harness
-from test_canary import canary_cfg, decision_lines, stat, wait_phase
+from tests.integration.test_canary import canary_cfg, decision_lines, stat, wait_phase
 
 PROGRESSING, SUCCEEDED, FAILED = 1, 3, 4
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import yaml
 
 from tests.integration import harness
-from test_canary import FAILED, PROGRESSING, SUCCEEDED, canary_cfg, stat, wait_phase, without_early_header_removal
+from tests.integration.test_canary import FAILED, PROGRESSING, SUCCEEDED, canary_cfg, stat, wait_phase, without_early_header_removal
 
 from tests.istio_shape import istio_wasm_filter
 

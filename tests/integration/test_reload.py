@@ -15,8 +15,8 @@ from datetime import datetime
 import pytest
 
 from tests.integration import harness
-from test_canary import canary_cfg, canary_upstream_requests, stat, wait_phase
-from test_faults import client_tallies, tallied
+from tests.integration.test_canary import canary_cfg, canary_upstream_requests, stat, wait_phase
+from tests.integration.test_faults import client_tallies, tallied
 
 PROGRESSING, FAILED = 1, 4
 STEPS = list(range(10, 61, 2))

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.integration import harness
-from test_canary import FAILED, canary_cfg, canary_upstream_requests, decision_lines, stat, wait_phase
+from tests.integration.test_canary import FAILED, canary_cfg, canary_upstream_requests, decision_lines, stat, wait_phase
 
 WAITING = 5
 assert harness.PHASES[WAITING] == "Waiting"
