@@ -124,19 +124,20 @@ impl Root {
     /// `on_tick`: the worker publishes, then the analyser (if this context leads) analyses.
     pub fn on_tick(&mut self, env: &mut Env<'_>) {
         let now = now_ms(env.host.now_ns());
-        let store = Watched {
-            store: env.store,
-            errors: &self.errors,
-        };
         match &mut self.role {
             Role::Filter { worker, analyser } => {
+                let store = Watched {
+                    store: env.store,
+                    errors: &self.errors,
+                };
                 if let Ok(mut w) = worker.try_borrow_mut() {
                     w.tick(&store, env.telemetry, now);
                 }
                 analyser.tick(&store, env.telemetry, now);
                 self.errors.report(&analyser.cfg.name, env.telemetry);
             }
-            Role::Singleton(s) => s.tick(&store, env.telemetry, now),
+            // The singleton counts host failures per canary it analyses.
+            Role::Singleton(s) => s.tick(env.store, env.telemetry, now),
             Role::Unconfigured => {}
         }
     }
