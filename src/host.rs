@@ -58,10 +58,13 @@ pub enum Stat {
     HostErrorsGetSharedData,
     HostErrorsSetSharedData,
     HostErrorsSetHeader,
+    HostErrorsClearRouteCache,
+    /// 1 while this canary's filter runs an invalid configuration inert (everything to stable).
+    ConfigInvalid,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 19] = [
+    pub const ALL: [Stat; 21] = [
         Stat::Weight,
         Stat::Phase,
         Stat::FailedChecks,
@@ -81,6 +84,8 @@ impl Stat {
         Stat::HostErrorsGetSharedData,
         Stat::HostErrorsSetSharedData,
         Stat::HostErrorsSetHeader,
+        Stat::HostErrorsClearRouteCache,
+        Stat::ConfigInvalid,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -104,6 +109,8 @@ impl Stat {
             Stat::HostErrorsGetSharedData => "host_errors.get_shared_data",
             Stat::HostErrorsSetSharedData => "host_errors.set_shared_data",
             Stat::HostErrorsSetHeader => "host_errors.set_header",
+            Stat::HostErrorsClearRouteCache => "host_errors.clear_route_cache",
+            Stat::ConfigInvalid => "config_invalid",
         }
     }
 
@@ -118,6 +125,7 @@ impl Stat {
                 | Stat::TalliedStableRequests
                 | Stat::TalliedStable5xx
                 | Stat::SharedBytes
+                | Stat::ConfigInvalid
         )
     }
 
@@ -143,6 +151,19 @@ pub trait RootHost {
     fn random_u64(&self) -> Option<u64>;
     /// Asks for `on_tick` every `ms`; false when the host refused.
     fn set_tick_period_ms(&mut self, ms: u32) -> bool;
+    /// An environment variable of the VM (Envoy's `vm_config.environment_variables`).
+    fn env_var(&self, name: &str) -> Option<String>;
+    /// The Wasm plugin's name (Envoy's `PluginConfig.name`; `<namespace>.<name>` in Istio).
+    fn plugin_name(&self) -> Option<String>;
+}
+
+/// What asking the host to clear the route cache did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteCache {
+    Cleared,
+    /// The host has no `clear_route_cache` foreign function (Envoy before 1.33).
+    Unsupported,
+    Failed(HostError),
 }
 
 /// What one HTTP stream asks of the host: its header maps and the clock.
@@ -152,6 +173,8 @@ pub trait HttpHost {
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
     /// Sets (replaces) a request header; false when the host refused.
     fn set_request_header(&mut self, name: &str, value: &str) -> bool;
+    /// Makes Envoy match the route again (its `clear_route_cache` foreign function).
+    fn clear_route_cache(&mut self) -> RouteCache;
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
     fn add_response_header(&mut self, name: &str, value: &str) -> bool;
 }
@@ -163,6 +186,7 @@ pub struct HostErrors {
     get_shared_data: Cell<u64>,
     set_shared_data: Cell<u64>,
     set_header: Cell<u64>,
+    clear_route_cache: Cell<u64>,
     last: RefCell<Option<String>>,
 }
 
@@ -178,6 +202,12 @@ impl HostErrors {
         });
     }
 
+    pub fn clear_route_cache_failed(&self, status: u32) {
+        self.bump(&self.clear_route_cache, || {
+            format!("clear_route_cache: status {status}")
+        });
+    }
+
     /// Reports and clears the counts: the counters of `canary`, and one debug line.
     pub fn report(&self, canary: &str, tel: &mut dyn Telemetry) {
         let mut any = 0;
@@ -185,6 +215,7 @@ impl HostErrors {
             (Stat::HostErrorsGetSharedData, &self.get_shared_data),
             (Stat::HostErrorsSetSharedData, &self.set_shared_data),
             (Stat::HostErrorsSetHeader, &self.set_header),
+            (Stat::HostErrorsClearRouteCache, &self.clear_route_cache),
         ] {
             let n = counter.replace(0);
             if n > 0 {

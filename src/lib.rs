@@ -29,6 +29,7 @@ pub mod config;
 pub mod hashing;
 pub mod histogram;
 pub mod host;
+pub mod invalid_config;
 pub mod matcher;
 pub mod metrics;
 pub mod outcome;

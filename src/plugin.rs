@@ -8,13 +8,20 @@
 //!   analyses through its `Analyser` when it wins the analyser lease (where no singleton holds
 //!   it, as in Istio);
 //! - `Singleton` (a bootstrap Wasm service, `{"role": "analyser"}`): analyses every canary whose
-//!   filters registered in this proxy.
+//!   filters registered in this proxy;
+//! - `Inert` (an invalid configuration that Envoy must not refuse, see `invalid_config`): sends
+//!   every request to stable and repeats its error.
 
 use crate::analyser::{Analyser, Singleton};
-use crate::config::{parse_plugin, Config, Plugin};
+use crate::config::{parse_plugin, Config, ConfigError, Plugin};
 use crate::hashing::mix64;
-use crate::host::{HostErrors, HttpHost, Level, RootHost, SharedStore, Telemetry, Watched};
+use crate::host::{
+    HostError, HostErrors, HttpHost, Level, RootHost, RouteCache, SharedStore, Stat, Telemetry,
+    Watched,
+};
+use crate::invalid_config::{decide, Inert, Policy, Verdict, INERT_TICK_MS, POLICY_ENV};
 use crate::outcome::{status_from_header, Side};
+use crate::store::live::{self, Live};
 use crate::worker::Worker;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -43,6 +50,14 @@ enum Role {
         analyser: Box<Analyser>,
     },
     Singleton(Singleton),
+    Inert(Inert),
+}
+
+/// The heartbeat a filter with a valid configuration keeps in `store::live`.
+struct Beat {
+    key: String,
+    record: Live,
+    next_ms: u64,
 }
 
 /// One root context (one per plugin configuration and worker thread, or the singleton's).
@@ -53,6 +68,8 @@ pub struct Root {
     token: u64,
     /// Host failures of this context and its streams, reported on each tick.
     errors: Rc<HostErrors>,
+    /// Set while this context serves a valid filter configuration (and knows its plugin name).
+    beat: Option<Beat>,
 }
 
 impl Root {
@@ -62,6 +79,7 @@ impl Root {
             role: Role::Unconfigured,
             token: 0,
             errors: Rc::default(),
+            beat: None,
         }
     }
 
@@ -76,20 +94,16 @@ impl Root {
 
     /// `on_configure`: false refuses the configuration (Envoy then rejects it).
     pub fn on_configure(&mut self, config: Option<Vec<u8>>, env: &mut Env<'_>) -> bool {
-        let Some(bytes) = config else {
-            env.telemetry.log(
-                Level::Error,
-                "invalid canary-guard configuration: no plugin configuration",
-            );
-            return false;
-        };
         let now = now_ms(env.host.now_ns());
+        let Some(bytes) = config else {
+            let e = ConfigError {
+                field: String::new(),
+                message: "no plugin configuration".into(),
+            };
+            return self.on_invalid(&e, &[], now, env);
+        };
         match parse_plugin(&bytes) {
-            Err(e) => {
-                // One line naming the field and the value; false makes Envoy refuse the config.
-                env.telemetry.log(Level::Error, &e.to_string());
-                false
-            }
+            Err(e) => self.on_invalid(&e, &bytes, now, env),
             Ok(Plugin::Analyser) => {
                 self.on_done(env);
                 self.token = self.new_token(env.host, now);
@@ -102,6 +116,8 @@ impl Root {
                 self.on_done(env);
                 let cfg = *cfg;
                 env.telemetry.define_all(&cfg.name);
+                // A gauge outlives the context that set it: clear an earlier inert one's mark.
+                env.telemetry.gauge(&cfg.name, Stat::ConfigInvalid, 0);
                 env.telemetry.log(
                     Level::Debug,
                     &format!("canary {} rev {}: filter configured (routing header {}, stable {}, canary {})",
@@ -109,6 +125,16 @@ impl Root {
                 );
                 let tick = filter_tick_ms(&cfg);
                 self.token = self.new_token(env.host, now);
+                self.beat = env.host.plugin_name().map(|plugin| Beat {
+                    key: live::key(&plugin),
+                    record: Live {
+                        at_ms: now,
+                        canary: cfg.name.clone(),
+                        revision: cfg.revision.clone(),
+                    },
+                    next_ms: now,
+                });
+                beat_if_due(&mut self.beat, env.store, now);
                 let analyser =
                     Box::new(Analyser::for_worker(cfg.clone(), self.token, bytes.clone()));
                 let worker = Worker::new(cfg, bytes, self.token, now);
@@ -117,6 +143,43 @@ impl Root {
                     analyser,
                 };
                 env.host.set_tick_period_ms(tick)
+            }
+        }
+    }
+
+    /// An invalid configuration: refused where Envoy keeps serving without it, else run inert
+    /// (`invalid_config`). Either way one error line names the field and the value.
+    fn on_invalid(&mut self, e: &ConfigError, bytes: &[u8], now: u64, env: &mut Env<'_>) -> bool {
+        let policy =
+            Policy::from_env(env.host.env_var(POLICY_ENV).as_deref()).unwrap_or_else(|msg| {
+                env.telemetry
+                    .log(Level::Warn, &format!("canary-guard: {msg}"));
+                Policy::Auto
+            });
+        let serving = env
+            .host
+            .plugin_name()
+            .and_then(|plugin| live::serving(env.store, &live::key(&plugin), now));
+        match decide(policy, serving.is_some()) {
+            Verdict::Refuse => {
+                let why = match &serving {
+                    Some(s) => format!(
+                        "refused: canary {} rev {} keeps serving",
+                        s.canary, s.revision
+                    ),
+                    None => format!("refused ({POLICY_ENV}=refuse)"),
+                };
+                env.telemetry.log(Level::Error, &format!("{e}; {why}"));
+                false
+            }
+            Verdict::Inert => {
+                self.on_done(env);
+                let inert = Inert::new(e, bytes, now);
+                env.telemetry.log(Level::Error, &inert.line());
+                env.telemetry.gauge(&inert.canary, Stat::ConfigInvalid, 1);
+                self.role = Role::Inert(inert);
+                self.beat = None;
+                env.host.set_tick_period_ms(INERT_TICK_MS)
             }
         }
     }
@@ -135,6 +198,14 @@ impl Root {
                 }
                 analyser.tick(&store, env.telemetry, now);
                 self.errors.report(&analyser.cfg.name, env.telemetry);
+                beat_if_due(&mut self.beat, &store, now);
+            }
+            Role::Inert(inert) => {
+                if inert.repeat_due(now) {
+                    env.telemetry.log(Level::Error, &inert.line());
+                    env.telemetry.gauge(&inert.canary, Stat::ConfigInvalid, 1);
+                }
+                self.errors.report(&inert.canary, env.telemetry);
             }
             // The singleton counts host failures per canary it analyses.
             Role::Singleton(s) => s.tick(env.store, env.telemetry, now),
@@ -152,18 +223,21 @@ impl Root {
                 analyser.shutdown(env.store, env.telemetry);
             }
             Role::Singleton(s) => s.shutdown(env.store, env.telemetry),
-            Role::Unconfigured => {}
+            Role::Inert(_) | Role::Unconfigured => {}
         }
     }
 
-    /// A new HTTP stream of this context (one that routes nothing unless this is a filter).
+    /// A new HTTP stream of this context: a filter's routes and tallies, an inert one's sends
+    /// everything to stable, any other routes nothing.
     pub fn new_stream(&self) -> Stream {
-        let worker = match &self.role {
-            Role::Filter { worker, .. } => Some(worker.clone()),
-            _ => None,
+        let (worker, stable_route) = match &self.role {
+            Role::Filter { worker, .. } => (Some(worker.clone()), None),
+            Role::Inert(inert) => (None, inert.stable_route.clone()),
+            _ => (None, None),
         };
         Stream {
             worker,
+            stable_route,
             errors: self.errors.clone(),
             side: None,
             set_cookie: None,
@@ -194,6 +268,17 @@ impl Root {
     }
 }
 
+/// Renews a filter's `store::live` heartbeat once every `live::BEAT_EVERY_MS`.
+fn beat_if_due(beat: &mut Option<Beat>, store: &dyn SharedStore, now: u64) {
+    if let Some(b) = beat {
+        if now >= b.next_ms {
+            b.record.at_ms = now;
+            live::beat(store, &b.key, &b.record);
+            b.next_ms = now.saturating_add(live::BEAT_EVERY_MS);
+        }
+    }
+}
+
 fn now_ms(now_ns: Option<u64>) -> u64 {
     now_ns.map_or(0, |ns| ns / 1_000_000)
 }
@@ -201,6 +286,8 @@ fn now_ms(now_ns: Option<u64>) -> u64 {
 /// One HTTP stream: routes at request headers, captures the outcome, records it at stream end.
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
+    /// An inert configuration's `(routing header, stable cluster)`.
+    stable_route: Option<Rc<(String, String)>>,
     errors: Rc<HostErrors>,
     side: Option<Side>,
     set_cookie: Option<String>,
@@ -213,6 +300,9 @@ impl Stream {
     /// Decides stable or canary and sets the routing header to that side's cluster.
     pub fn on_request_headers(&mut self, store: &dyn SharedStore, http: &mut dyn HttpHost) {
         let Some(worker) = &self.worker else {
+            if let Some((header, stable)) = self.stable_route.as_deref() {
+                self.set_routing_header(http, header, stable);
+            }
             return;
         };
         let Ok(mut w) = worker.try_borrow_mut() else {
@@ -234,17 +324,37 @@ impl Stream {
             Side::Stable => &up.stable,
             Side::Canary => &up.canary,
         };
-        // Always overwrite: a client-sent value must never pick the canary. Setting the header
-        // clears Envoy's route cache (ABI 0.2.1), so the route is matched again on it.
-        if !http.set_request_header(&up.header, cluster) {
-            self.errors.set_header_failed(&up.header);
-            // Could not set ours: make sure the client's is not used either.
-            http.set_request_header(&up.header, &up.stable);
+        if !self.set_routing_header(http, &up.header, cluster) {
+            // Could not set ours: make sure the client's is not used either (the failure is
+            // counted once).
+            if http.set_request_header(&up.header, &up.stable) {
+                self.clear_route_cache(http);
+            }
             self.side = Some(Side::Stable);
             return;
         }
         self.side = Some(decision.side);
         self.set_cookie = decision.set_cookie;
+    }
+
+    /// Sets the routing header (always overwriting: a client-sent value must never pick the
+    /// canary) and has the route matched again on it. For ABI 0.2.1 modules Envoy clears the
+    /// route cache on the header change itself; it stops doing so for newer ABIs, so the
+    /// explicit `clear_route_cache` keeps routing right if a later SDK exports one. False (and
+    /// counted) when the host refused the header.
+    fn set_routing_header(&self, http: &mut dyn HttpHost, header: &str, value: &str) -> bool {
+        if !http.set_request_header(header, value) {
+            self.errors.set_header_failed(header);
+            return false;
+        }
+        self.clear_route_cache(http);
+        true
+    }
+
+    fn clear_route_cache(&self, http: &mut dyn HttpHost) {
+        if let RouteCache::Failed(HostError(status)) = http.clear_route_cache() {
+            self.errors.clear_route_cache_failed(status);
+        }
     }
 
     /// Captures the status (local replies such as 503 or 504 pass here too) and hands out the
@@ -294,7 +404,8 @@ mod tests {
                 host: FakeRoot {
                     now_ms: 1_000,
                     random: Some(42),
-                    tick_ms: None,
+                    plugin_name: Some("istio-system.canary-guard".into()),
+                    ..FakeRoot::default()
                 },
                 root: Root::new(1),
             }
@@ -330,15 +441,34 @@ mod tests {
         }
     }
 
+    /// The example configuration with strictly decreasing step weights: invalid, but with a
+    /// usable name and routing header.
+    fn invalid() -> String {
+        config(&[("/analysis/stepWeights", serde_json::json!([30, 10, 50]))])
+    }
+
+    fn error_lines(tel: &FakeTelemetry) -> Vec<&str> {
+        tel.logs
+            .iter()
+            .filter(|(l, _)| *l == Level::Error)
+            .map(|(_, m)| m.as_str())
+            .collect()
+    }
+
     #[test]
-    fn a_refused_configuration_is_logged_as_one_error_line_and_returns_false() {
+    fn with_the_refuse_policy_an_invalid_configuration_is_refused_with_one_error_line() {
         let mut rig = Rig::new();
+        rig.host.env.insert(POLICY_ENV.into(), "refuse".into());
         assert!(!rig.configure(r#"{"name": "web"}"#));
         assert_eq!(rig.tel.logs.len(), 1);
         let (level, line) = &rig.tel.logs[0];
         assert_eq!(*level, Level::Error);
         assert!(
             line.starts_with("invalid canary-guard configuration: "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("refused (CANARY_GUARD_INVALID_CONFIG=refuse)"),
             "{line}"
         );
         assert_eq!(
@@ -352,6 +482,158 @@ mod tests {
         };
         assert!(!rig.root.on_configure(None, &mut env));
         assert!(rig.tel.logged("no plugin configuration"));
+    }
+
+    #[test]
+    fn a_first_invalid_configuration_runs_inert_and_sends_everything_to_stable() {
+        let mut rig = Rig::new();
+        assert!(rig.configure(&invalid()), "accepted inert");
+        let errors = error_lines(&rig.tel);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with(
+                "invalid canary-guard configuration: analysis.stepWeights: [30, 10, 50]"
+            ),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[0].contains("every request gets x-canary-upstream: web-stable"));
+        assert_eq!(rig.tel.gauge_of("web", Stat::ConfigInvalid), Some(1));
+        assert_eq!(rig.host.tick_ms, Some(INERT_TICK_MS));
+        // A client's canary value is overwritten and the route matched again on ours.
+        let mut http = FakeHttp::default();
+        http.request
+            .insert("x-canary-upstream".into(), b"web-canary".to_vec());
+        assert_eq!(rig.request(&mut http).as_deref(), Some("web-stable"));
+        assert_eq!(http.route_cache_clears, vec![1]);
+        // Nothing is tallied, nothing analysed: no state, no lease, no slot.
+        rig.tick();
+        assert_eq!(rig.tel.counter_of("web", Stat::StableRequests), 0);
+        assert!(!rig.root.is_leading());
+        // The error is repeated every INERT_LOG_EVERY_MS.
+        rig.host.now_ms += crate::invalid_config::INERT_LOG_EVERY_MS;
+        rig.tick();
+        assert_eq!(error_lines(&rig.tel).len(), 2);
+    }
+
+    #[test]
+    fn an_inert_configuration_without_a_usable_routing_header_leaves_requests_to_the_route() {
+        let mut rig = Rig::new();
+        let mut env = Env {
+            store: &rig.store,
+            telemetry: &mut rig.tel,
+            host: &mut rig.host,
+        };
+        assert!(rig.root.on_configure(None, &mut env));
+        assert!(rig.tel.logged("no plugin configuration; not applied"));
+        assert_eq!(rig.tel.gauge_of("unnamed", Stat::ConfigInvalid), Some(1));
+        let mut http = FakeHttp::default();
+        assert_eq!(rig.request(&mut http), None);
+        assert!(http.route_cache_clears.is_empty());
+    }
+
+    #[test]
+    fn an_invalid_update_is_refused_while_a_valid_configuration_of_the_plugin_serves() {
+        let mut rig = Rig::new();
+        assert!(rig.configure(&config(&[])));
+        rig.tick();
+        // Envoy configures the update in a new root context of the same plugin.
+        let mut update = Root::new(2);
+        let mut env = Env {
+            store: &rig.store,
+            telemetry: &mut rig.tel,
+            host: &mut rig.host,
+        };
+        assert!(!update.on_configure(Some(invalid().into_bytes()), &mut env));
+        assert!(rig.tel.logged("refused: canary web rev v2 keeps serving"));
+        // Another plugin has nothing serving: its first configuration runs inert.
+        rig.host.plugin_name = Some("istio-system.other".into());
+        let mut other = Root::new(3);
+        let mut env = Env {
+            store: &rig.store,
+            telemetry: &mut rig.tel,
+            host: &mut rig.host,
+        };
+        assert!(other.on_configure(Some(invalid().into_bytes()), &mut env));
+        // Once the valid one has stopped serving (no beat for LIVE_FOR_MS), the same plugin's
+        // invalid configuration runs inert too.
+        rig.host.plugin_name = Some("istio-system.canary-guard".into());
+        rig.host.now_ms += live::LIVE_FOR_MS + live::BEAT_EVERY_MS;
+        let mut later = Root::new(4);
+        let mut env = Env {
+            store: &rig.store,
+            telemetry: &mut rig.tel,
+            host: &mut rig.host,
+        };
+        assert!(later.on_configure(Some(invalid().into_bytes()), &mut env));
+    }
+
+    #[test]
+    fn a_host_that_will_not_name_the_plugin_gets_inert_rather_than_a_refusal() {
+        let mut rig = Rig::new();
+        rig.host.plugin_name = None;
+        assert!(rig.configure(&config(&[])));
+        let mut update = Root::new(2);
+        let mut env = Env {
+            store: &rig.store,
+            telemetry: &mut rig.tel,
+            host: &mut rig.host,
+        };
+        assert!(update.on_configure(Some(invalid().into_bytes()), &mut env));
+    }
+
+    #[test]
+    fn a_valid_configuration_after_an_inert_one_clears_config_invalid_and_routes() {
+        let mut rig = Rig::new();
+        assert!(rig.configure(&invalid()));
+        assert_eq!(rig.tel.gauge_of("web", Stat::ConfigInvalid), Some(1));
+        assert!(rig.configure(&config(&[])));
+        assert_eq!(rig.tel.gauge_of("web", Stat::ConfigInvalid), Some(0));
+        let mut http = FakeHttp::default();
+        assert_eq!(rig.request(&mut http).as_deref(), Some("web-stable"));
+        rig.tick();
+        assert_eq!(rig.tel.counter_of("web", Stat::StableRequests), 1);
+    }
+
+    #[test]
+    fn an_unknown_policy_value_is_named_and_auto_applies() {
+        let mut rig = Rig::new();
+        rig.host.env.insert(POLICY_ENV.into(), "strict".into());
+        assert!(rig.configure(&invalid()));
+        assert!(rig
+            .tel
+            .logs
+            .iter()
+            .any(|(l, m)| *l == Level::Warn && m.contains("\"strict\"")));
+    }
+
+    #[test]
+    fn the_route_cache_is_cleared_after_the_routing_header_is_set() {
+        let mut rig = Rig::new();
+        assert!(rig.configure(&config(&[])));
+        let mut http = FakeHttp::default();
+        rig.request(&mut http);
+        assert_eq!(
+            http.route_cache_clears,
+            vec![1],
+            "one clear, after the write"
+        );
+        // A host without the function is fine; one that fails it is counted.
+        let mut old = FakeHttp {
+            route_cache: Some(RouteCache::Unsupported),
+            ..FakeHttp::default()
+        };
+        assert_eq!(rig.request(&mut old).as_deref(), Some("web-stable"));
+        let mut failing = FakeHttp {
+            route_cache: Some(RouteCache::Failed(HostError(10))),
+            ..FakeHttp::default()
+        };
+        assert_eq!(rig.request(&mut failing).as_deref(), Some("web-stable"));
+        rig.tick();
+        assert_eq!(
+            rig.tel.counter_of("web", Stat::HostErrorsClearRouteCache),
+            1
+        );
     }
 
     #[test]

@@ -72,6 +72,20 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
 }
 
 #[link(wasm_import_module = "wasi_snapshot_preview1")]
@@ -190,4 +204,31 @@ pub fn random_u64() -> Option<u64> {
     let mut buf = [0u8; 8];
     let errno = unsafe { random_get(buf.as_mut_ptr(), buf.len()) };
     (errno == 0).then(|| u64::from_le_bytes(buf))
+}
+
+/// A host property (path segments joined by NUL, as the ABI wants); `None` when absent or on
+/// error.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    let path = path.join("\0");
+    let mut data: *mut u8 = null_mut();
+    let mut len: usize = 0;
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut len) };
+    match status {
+        OK => Some(unsafe { owned(data, len) }),
+        _ => None,
+    }
+}
+
+/// Calls a host foreign function without arguments; its status (NOT_FOUND: the host has no
+/// function of that name). Any result bytes are freed.
+pub fn call_foreign(name: &str) -> u32 {
+    let mut data: *mut u8 = null_mut();
+    let mut len: usize = 0;
+    let status = unsafe {
+        proxy_call_foreign_function(name.as_ptr(), name.len(), null(), 0, &mut data, &mut len)
+    };
+    if status == OK {
+        drop(unsafe { owned(data, len) });
+    }
+    status
 }

@@ -1,8 +1,11 @@
 //! The host traits implemented over the proxy-wasm ABI.
 
 use super::ffi;
-use crate::host::{HostError, HttpHost, Level, RootHost, SetError, SharedStore, Stat, Telemetry};
+use crate::host::{
+    HostError, HttpHost, Level, RootHost, RouteCache, SetError, SharedStore, Stat, Telemetry,
+};
 use hashbrown::HashMap;
+use std::cell::Cell;
 
 pub struct HostStore;
 
@@ -86,6 +89,21 @@ impl RootHost for HostRoot {
     fn set_tick_period_ms(&mut self, ms: u32) -> bool {
         ffi::set_tick_period_ms(ms)
     }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        // WASI environ_get: Envoy passes vm_config.environment_variables.
+        std::env::var(name).ok()
+    }
+
+    fn plugin_name(&self) -> Option<String> {
+        String::from_utf8(ffi::property(&["plugin_name"])?).ok()
+    }
+}
+
+thread_local! {
+    /// Whether this VM's host has the `clear_route_cache` foreign function: unknown until the
+    /// first call, which logs the answer once.
+    static CLEAR_ROUTE_CACHE: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 pub struct HostHttp;
@@ -101,6 +119,30 @@ impl HttpHost for HostHttp {
 
     fn set_request_header(&mut self, name: &str, value: &str) -> bool {
         ffi::replace_header(ffi::REQUEST_HEADERS, name, value)
+    }
+
+    fn clear_route_cache(&mut self) -> RouteCache {
+        if CLEAR_ROUTE_CACHE.get() == Some(false) {
+            return RouteCache::Unsupported;
+        }
+        let status = ffi::call_foreign("clear_route_cache");
+        if CLEAR_ROUTE_CACHE.get().is_none() && matches!(status, ffi::OK | ffi::NOT_FOUND) {
+            let found = status == ffi::OK;
+            CLEAR_ROUTE_CACHE.set(Some(found));
+            ffi::log(
+                1,
+                if found {
+                    "canary-guard: the host's clear_route_cache foreign function is called after each routing header change"
+                } else {
+                    "canary-guard: the host has no clear_route_cache foreign function (Envoy before 1.33): the header change alone has the route matched again (ABI 0.2.1)"
+                },
+            );
+        }
+        match status {
+            ffi::OK => RouteCache::Cleared,
+            ffi::NOT_FOUND => RouteCache::Unsupported,
+            other => RouteCache::Failed(HostError(other)),
+        }
     }
 
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {

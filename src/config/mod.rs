@@ -1,17 +1,19 @@
 //! Plugin configuration: JSON parsing and validation.
 //!
 //! The `analysis` block follows Flagger's `Canary.spec.analysis`, so an operator can paste theirs.
-//! Every error names the field (as a JSON path) and the offending value; the adapter logs it and
-//! returns `false` from `on_configure`, which makes Envoy refuse the plugin configuration.
+//! Every error names the field (as a JSON path) and the offending value; `plugin` logs it and
+//! either refuses the configuration or runs it inert (`invalid_config` decides which).
 
 pub mod duration;
 mod error;
+mod salvage;
 pub mod timestamp;
 mod types;
 mod validate;
 mod wire;
 
 pub use error::ConfigError;
+pub use salvage::{salvage, Salvage};
 pub use types::*;
 pub use wire::Role;
 

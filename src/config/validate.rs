@@ -57,7 +57,7 @@ fn check_approval(text: String) -> Result<Approval, ConfigError> {
     }
 }
 
-fn check_name(name: &str) -> Result<String, ConfigError> {
+pub(super) fn check_name(name: &str) -> Result<String, ConfigError> {
     // The name goes into shared-data keys and stat names (dot-separated): keep it a plain token.
     let ok = !name.is_empty()
         && name.len() <= 63
@@ -73,7 +73,7 @@ fn check_name(name: &str) -> Result<String, ConfigError> {
     Ok(name.to_string())
 }
 
-fn is_header_name(name: &str) -> bool {
+pub(super) fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

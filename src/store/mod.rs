@@ -3,6 +3,7 @@
 //! because every plugin on a proxy may share one `vm_id` (Istio sets none).
 
 pub mod lease;
+pub mod live;
 pub mod registry;
 pub mod slots;
 

@@ -2,7 +2,9 @@
 //! sink that records stats and logs, a root-context host with a settable clock and random
 //! bits, and an HTTP stream's header maps.
 
-use crate::host::{HostError, HttpHost, Level, RootHost, SetError, SharedStore, Stat, Telemetry};
+use crate::host::{
+    HostError, HttpHost, Level, RootHost, RouteCache, SetError, SharedStore, Stat, Telemetry,
+};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -109,6 +111,10 @@ pub struct FakeRoot {
     pub random: Option<u64>,
     /// The last tick period the plugin set.
     pub tick_ms: Option<u32>,
+    /// The VM's environment variables.
+    pub env: HashMap<String, String>,
+    /// The Wasm plugin's name (`None`: the host will not tell).
+    pub plugin_name: Option<String>,
 }
 
 impl RootHost for FakeRoot {
@@ -122,6 +128,12 @@ impl RootHost for FakeRoot {
         self.tick_ms = Some(ms);
         true
     }
+    fn env_var(&self, name: &str) -> Option<String> {
+        self.env.get(name).cloned()
+    }
+    fn plugin_name(&self) -> Option<String> {
+        self.plugin_name.clone()
+    }
 }
 
 /// One HTTP stream's header maps and clock (lower-case header names).
@@ -132,6 +144,11 @@ pub struct FakeHttp {
     pub response: HashMap<String, Vec<u8>>,
     /// When set, setting a request header fails (a host in trouble).
     pub refuse_headers: bool,
+    /// What `clear_route_cache` answers (`None`: cleared).
+    pub route_cache: Option<RouteCache>,
+    /// Request-header writes so far, and how many had been made at each route-cache clear.
+    pub header_writes: usize,
+    pub route_cache_clears: Vec<usize>,
 }
 
 impl FakeHttp {
@@ -155,7 +172,12 @@ impl HttpHost for FakeHttp {
         }
         self.request
             .insert(name.to_string(), value.as_bytes().to_vec());
+        self.header_writes += 1;
         true
+    }
+    fn clear_route_cache(&mut self) -> RouteCache {
+        self.route_cache_clears.push(self.header_writes);
+        self.route_cache.unwrap_or(RouteCache::Cleared)
     }
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {
         self.response.get(name).cloned()

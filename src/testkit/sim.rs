@@ -21,6 +21,8 @@ use serde_json::Value;
 
 pub const STEP_MS: u64 = 10;
 pub const NAME: &str = "web";
+/// The Wasm plugin name every simulated root context reports.
+pub const PLUGIN: &str = "canary-guard";
 /// `config()`'s analysis interval.
 pub const INTERVAL_MS: u64 = 500;
 /// The bootstrap singleton's configuration.
@@ -153,7 +155,8 @@ impl Sim {
         let mut host = FakeRoot {
             now_ms: self.now,
             random: Some(random),
-            tick_ms: None,
+            plugin_name: Some(PLUGIN.to_string()),
+            ..FakeRoot::default()
         };
         let mut root = Root::new(context_id);
         let mut env = Env {

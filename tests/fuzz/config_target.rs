@@ -2,7 +2,7 @@
 //! JSON (numbers, types, strings, deleted and duplicated keys, deep nesting, huge strings).
 //!
 //! Properties: `parse_plugin` never panics; every error is one line that names a field or says
-//! what is wrong; an accepted configuration satisfies every invariant the rest of the module
+//! what is wrong, and what an inert filter salvages from it passes the same checks; an accepted configuration satisfies every invariant the rest of the module
 //! relies on, parses the same twice, and drives the analysis and the routing without panicking.
 //! Inputs that give a new outcome (accepted shape or error field) join the pool of inputs to
 //! mutate: a cheap stand-in for coverage feedback.
@@ -11,8 +11,8 @@ use crate::mutate::{havoc, MAX_INPUT};
 use crate::rng::Rng;
 use crate::{corpus, Target};
 use canary_guard::config::{
-    parse, parse_plugin, Affinity, Config, MetricKind, Plugin, Steps, MAX_WINDOW_MS,
-    MIN_INTERVAL_MS,
+    parse, parse_plugin, salvage, Affinity, Config, MetricKind, Plugin, Salvage, Steps,
+    MAX_WINDOW_MS, MIN_INTERVAL_MS,
 };
 use canary_guard::metrics::evaluate;
 use canary_guard::routing::decide;
@@ -590,6 +590,7 @@ impl Target for ConfigTarget {
                 if line.chars().any(char::is_control) {
                     return Err(format!("error line with a control character: {line:?}"));
                 }
+                salvaged_parts_are_usable(&salvage(input))?;
             }
             Ok(Plugin::Analyser) => {
                 self.accepted += 1;
@@ -640,4 +641,28 @@ impl Target for ConfigTarget {
             self.seen.len()
         )
     }
+}
+
+/// What an inert filter takes from a refused configuration (its stats label, the header it sets
+/// to the stable cluster) must be as safe to use as the same fields of a valid one.
+fn salvaged_parts_are_usable(s: &Salvage) -> Result<(), String> {
+    if let Some(name) = &s.name {
+        let ok = (1..=63).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!("salvaged name {name:?}"));
+        }
+    }
+    if let Some((header, stable)) = &s.stable_route {
+        let header_ok = !header.is_empty()
+            && header.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+            });
+        if !header_ok || stable.trim().is_empty() || stable.chars().any(char::is_control) {
+            return Err(format!("salvaged route {header:?}: {stable:?}"));
+        }
+    }
+    Ok(())
 }
