@@ -9,6 +9,7 @@
 #   DEMO_ARGS      extra scripts/demo.py arguments, e.g. DEMO_ARGS='--rate 150 --fault-at-weight 20'
 #   FUZZ_SECS      `make fuzz` budget per fuzz target in seconds (default 60; `make test` runs 1)
 #   FUZZ_SEED      `make fuzz` PRNG seed to replay a run (default: a fresh one, printed)
+#   FILES          `make check-config` inputs (default: istio/wasmplugin-*.yaml)
 #   CI             when set (CI=true), integration tests must neither skip nor be missing
 
 SHELL := /bin/bash
@@ -42,7 +43,7 @@ else
 ENVOY_DEP := $(VENV_ENVOY)
 endif
 
-.PHONY: bench-fixture bench-deps help setup setup-rust setup-python build image compose unit integration test lint fmt demo bench fuzz clean
+.PHONY: bench-fixture bench-deps help setup setup-rust setup-python build cli check-config image compose unit integration test lint fmt demo bench fuzz clean
 
 help: ## List the targets (default)
 	@echo "canary-guard: make <target>"
@@ -74,6 +75,15 @@ build: setup-rust ## Build the Wasm module: target/wasm32-wasip1/release/canary_
 	cargo build --release --target $(WASM_TARGET)
 	@ls -l $(WASM)
 
+CHECK        := target/release/canary-guard-check
+FILES        ?= istio/wasmplugin-*.yaml
+
+cli: ## Build the pre-apply configuration check: target/release/canary-guard-check
+	cargo build --release --features cli --bin canary-guard-check
+
+check-config: cli ## Validate plugin configurations with the module's parser: make check-config FILES='istio/wasmplugin-*.yaml'
+	$(CHECK) $(FILES)
+
 IMAGE_TAG    ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 
 image: build ## OCI image of the module for Istio (compat layout, no Docker) in out/oci, tag IMAGE_TAG (default: Cargo version)
@@ -85,7 +95,7 @@ compose: build ## The demo in Docker (needs a Docker engine): docker compose up,
 unit: ## Run the host unit tests (cargo test)
 	cargo test
 
-integration: setup build ## Run the integration tests against real Envoy (pytest tests/integration)
+integration: setup build cli ## Run the integration tests against real Envoy (pytest tests/integration)
 	@mkdir -p $(OUT)
 	$(PY) -m pytest tests/integration -q -rfEs --color=$(if $(IS_CI),no,auto) \
 		-o junit_family=xunit1 --junitxml=$(OUT)/pytest-integration.xml $(PYTEST_ARGS)
@@ -99,6 +109,7 @@ lint: setup-rust ## cargo fmt --check and clippy (-D warnings) on the host and w
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target $(WASM_TARGET) -- -D warnings
+	cargo clippy --features cli --bin canary-guard-check -- -D warnings
 
 fmt: ## Format the Rust code (cargo fmt)
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
