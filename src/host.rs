@@ -173,6 +173,8 @@ pub trait HttpHost {
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
     /// Sets (replaces) a request header; false when the host refused.
     fn set_request_header(&mut self, name: &str, value: &str) -> bool;
+    /// Removes a request header; false when the host refused.
+    fn remove_request_header(&mut self, name: &str) -> bool;
     /// Makes Envoy match the route again (its `clear_route_cache` foreign function).
     fn clear_route_cache(&mut self) -> RouteCache;
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;

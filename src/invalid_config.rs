@@ -27,6 +27,18 @@ pub const INERT_LOG_EVERY_MS: u64 = 30_000;
 pub const INERT_TICK_MS: u32 = 1_000;
 /// The stats label of an inert configuration without a usable canary name.
 pub const UNNAMED: &str = "unnamed";
+/// The routing header of every shipped configuration: an inert configuration that names no
+/// usable one removes this one, so that a client cannot pick the canary with it.
+pub const DEFAULT_HEADER: &str = "x-canary-upstream";
+
+/// What an inert configuration does to each request's routing header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InertRoute {
+    /// Set it to the stable cluster (the configuration names both usably).
+    Stable { header: String, stable: String },
+    /// Remove it: the route's default (stable) applies.
+    Remove { header: &'static str },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -69,9 +81,8 @@ pub struct Inert {
     pub error: String,
     /// The stats label: the configuration's canary name if it is usable, else `UNNAMED`.
     pub canary: String,
-    /// `(routing header, stable cluster)` when the configuration names them usably: every
-    /// request then gets the header set to stable, whatever the client sent.
-    pub stable_route: Option<Rc<(String, String)>>,
+    /// Applied to every request, whatever the client sent.
+    pub route: Rc<InertRoute>,
     next_log_ms: u64,
 }
 
@@ -81,16 +92,23 @@ impl Inert {
         Inert {
             error: error.to_string(),
             canary: parts.name.unwrap_or_else(|| UNNAMED.to_string()),
-            stable_route: parts.stable_route.map(Rc::new),
+            route: Rc::new(match parts.stable_route {
+                Some((header, stable)) => InertRoute::Stable { header, stable },
+                None => InertRoute::Remove {
+                    header: DEFAULT_HEADER,
+                },
+            }),
             next_log_ms: now_ms.saturating_add(INERT_LOG_EVERY_MS),
         }
     }
 
     /// The line logged at error level on configure and on every repeat.
     pub fn line(&self) -> String {
-        let routing = match self.stable_route.as_deref() {
-            Some((header, stable)) => format!("every request gets {header}: {stable}"),
-            None => "no usable routing header, requests take the route's default (stable)".into(),
+        let routing = match self.route.as_ref() {
+            InertRoute::Stable { header, stable } => format!("every request gets {header}: {stable}"),
+            InertRoute::Remove { header } => format!(
+                "it names no usable routing header, so {header} is removed from every request and the route's default (stable) applies"
+            ),
         };
         format!(
             "{}; not applied, running inert until a valid configuration arrives: {routing}",
@@ -143,6 +161,11 @@ mod tests {
         assert!(!inert.repeat_due(1_000 + INERT_LOG_EVERY_MS + 1));
         let inert = Inert::new(&e, b"{", 0);
         assert_eq!(inert.canary, UNNAMED);
-        assert_eq!(inert.stable_route, None);
+        assert_eq!(
+            *inert.route,
+            InertRoute::Remove {
+                header: DEFAULT_HEADER
+            }
+        );
     }
 }

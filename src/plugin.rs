@@ -19,7 +19,9 @@ use crate::host::{
     HostError, HostErrors, HttpHost, Level, RootHost, RouteCache, SharedStore, Stat, Telemetry,
     Watched,
 };
-use crate::invalid_config::{decide, Inert, Policy, Verdict, INERT_TICK_MS, POLICY_ENV};
+use crate::invalid_config::{
+    decide, Inert, InertRoute, Policy, Verdict, INERT_TICK_MS, POLICY_ENV,
+};
 use crate::outcome::{status_from_header, Side};
 use crate::store::live::{self, Live};
 use crate::worker::Worker;
@@ -95,7 +97,8 @@ impl Root {
     /// `on_configure`: false refuses the configuration (Envoy then rejects it).
     pub fn on_configure(&mut self, config: Option<Vec<u8>>, env: &mut Env<'_>) -> bool {
         let now = now_ms(env.host.now_ns());
-        let Some(bytes) = config else {
+        // Istio sends an empty configuration for a WasmPlugin without pluginConfig.
+        let Some(bytes) = config.filter(|b| !b.iter().all(u8::is_ascii_whitespace)) else {
             let e = ConfigError {
                 field: String::new(),
                 message: "no plugin configuration".into(),
@@ -230,14 +233,14 @@ impl Root {
     /// A new HTTP stream of this context: a filter's routes and tallies, an inert one's sends
     /// everything to stable, any other routes nothing.
     pub fn new_stream(&self) -> Stream {
-        let (worker, stable_route) = match &self.role {
+        let (worker, inert_route) = match &self.role {
             Role::Filter { worker, .. } => (Some(worker.clone()), None),
-            Role::Inert(inert) => (None, inert.stable_route.clone()),
+            Role::Inert(inert) => (None, Some(inert.route.clone())),
             _ => (None, None),
         };
         Stream {
             worker,
-            stable_route,
+            inert_route,
             errors: self.errors.clone(),
             side: None,
             set_cookie: None,
@@ -286,8 +289,8 @@ fn now_ms(now_ns: Option<u64>) -> u64 {
 /// One HTTP stream: routes at request headers, captures the outcome, records it at stream end.
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
-    /// An inert configuration's `(routing header, stable cluster)`.
-    stable_route: Option<Rc<(String, String)>>,
+    /// An inert configuration's treatment of the routing header.
+    inert_route: Option<Rc<InertRoute>>,
     errors: Rc<HostErrors>,
     side: Option<Side>,
     set_cookie: Option<String>,
@@ -300,8 +303,18 @@ impl Stream {
     /// Decides stable or canary and sets the routing header to that side's cluster.
     pub fn on_request_headers(&mut self, store: &dyn SharedStore, http: &mut dyn HttpHost) {
         let Some(worker) = &self.worker else {
-            if let Some((header, stable)) = self.stable_route.as_deref() {
-                self.set_routing_header(http, header, stable);
+            match self.inert_route.as_deref() {
+                Some(InertRoute::Stable { header, stable }) => {
+                    self.set_routing_header(http, header, stable);
+                }
+                Some(InertRoute::Remove { header }) => {
+                    if http.remove_request_header(header) {
+                        self.clear_route_cache(http);
+                    } else {
+                        self.errors.set_header_failed(header);
+                    }
+                }
+                None => {}
             }
             return;
         };
@@ -517,19 +530,22 @@ mod tests {
     }
 
     #[test]
-    fn an_inert_configuration_without_a_usable_routing_header_leaves_requests_to_the_route() {
+    fn an_inert_configuration_without_a_usable_routing_header_removes_the_default_one() {
         let mut rig = Rig::new();
         let mut env = Env {
             store: &rig.store,
             telemetry: &mut rig.tel,
             host: &mut rig.host,
         };
-        assert!(rig.root.on_configure(None, &mut env));
+        assert!(rig.root.on_configure(Some(b" ".to_vec()), &mut env));
         assert!(rig.tel.logged("no plugin configuration; not applied"));
         assert_eq!(rig.tel.gauge_of("unnamed", Stat::ConfigInvalid), Some(1));
+        // The default routing header is removed: a client cannot pick the canary with it.
         let mut http = FakeHttp::default();
+        http.request
+            .insert("x-canary-upstream".into(), b"web-canary".to_vec());
         assert_eq!(rig.request(&mut http), None);
-        assert!(http.route_cache_clears.is_empty());
+        assert_eq!(http.route_cache_clears, vec![1]);
     }
 
     #[test]

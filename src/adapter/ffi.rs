@@ -43,6 +43,7 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_add_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -149,6 +150,10 @@ pub fn replace_header(map: u32, name: &str, value: &str) -> bool {
         proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
             == OK
     }
+}
+
+pub fn remove_header(map: u32, name: &str) -> bool {
+    unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) == OK }
 }
 
 pub fn add_header(map: u32, name: &str, value: &str) -> bool {

@@ -121,6 +121,10 @@ impl HttpHost for HostHttp {
         ffi::replace_header(ffi::REQUEST_HEADERS, name, value)
     }
 
+    fn remove_request_header(&mut self, name: &str) -> bool {
+        ffi::remove_header(ffi::REQUEST_HEADERS, name)
+    }
+
     fn clear_route_cache(&mut self) -> RouteCache {
         if CLEAR_ROUTE_CACHE.get() == Some(false) {
             return RouteCache::Unsupported;

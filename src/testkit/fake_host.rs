@@ -146,7 +146,7 @@ pub struct FakeHttp {
     pub refuse_headers: bool,
     /// What `clear_route_cache` answers (`None`: cleared).
     pub route_cache: Option<RouteCache>,
-    /// Request-header writes so far, and how many had been made at each route-cache clear.
+    /// Request-header writes (sets and removals) so far, and how many had been made at each route-cache clear.
     pub header_writes: usize,
     pub route_cache_clears: Vec<usize>,
 }
@@ -172,6 +172,14 @@ impl HttpHost for FakeHttp {
         }
         self.request
             .insert(name.to_string(), value.as_bytes().to_vec());
+        self.header_writes += 1;
+        true
+    }
+    fn remove_request_header(&mut self, name: &str) -> bool {
+        if self.refuse_headers {
+            return false;
+        }
+        self.request.remove(name);
         self.header_writes += 1;
         true
     }

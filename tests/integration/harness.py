@@ -581,6 +581,109 @@ class Proxy(Envoy):
         self.push_listeners({"listener_removed": 1}, timeout, drained)
 
 
+class IstioProxy(Envoy):
+    """envoy/envoy.yaml in the shape istiod gives a gateway, the filter delivered the way istiod
+    delivers a WasmPlugin: by ECDS (here from a file instead of ADS) under istiod's resource
+    name, no default config, initial_fetch_timeout 0, the pluginConfig JSON as istiod's
+    marshaller writes it, no vm_id, no singleton, no early header removal, and the filter in
+    Istio's place in the chain for phase UNSPECIFIED_PHASE (tests/istio_shape.py).
+
+    `first` is the first delivery (a pluginConfig dict, or None for a WasmPlugin without
+    one); deliver() sends the next version, as istiod pushes an edited WasmPlugin."""
+
+    def __init__(self, workdir: Union[str, Path], backends: Backends, plugin: dict,
+                 first: Any, name: str = "istio-proxy", concurrency: int = 2):
+        from tests import istio_shape
+        self._shape = istio_shape
+        self.plugin = plugin
+        self.resource = istio_shape.resource_name(plugin)
+        self.listener_port = free_port()
+        cfg = render_proxy_config(
+            default_plugin_config(), "leader", admin_port=free_port(),
+            listener_port=self.listener_port, stable_port=backends.stable_port,
+            canary_port=backends.canary_port, wasm_path=wasm_path())
+        cfg.setdefault("node", {"id": name, "cluster": "canary-guard-tests"})  # xDS needs one
+        hcm = _hcm(_listener(cfg, "ingress"))
+        hcm.pop("early_header_mutation_extensions", None)
+        router = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router")
+        self.ecds_dir = Path(workdir) / f"{name}-ecds"
+        self.ecds_dir.mkdir(parents=True, exist_ok=True)
+        self.ecds_path = self.ecds_dir / "extensions.yaml"
+        source = {"resource_api_version": "V3",
+                  "path_config_source": {"path": str(self.ecds_path),
+                                         "watched_directory": {"path": str(self.ecds_dir)}}}
+        hcm["http_filters"] = istio_shape.istio_http_filters(
+            istio_shape.istio_ecds_filter(plugin, source), router)
+        self._ecds_version = 0
+        self._pending: Any = first
+        super().__init__(cfg, workdir, name=name, concurrency=concurrency)
+
+    def _launch(self) -> None:
+        self._write_ecds(self._pending)
+        super()._launch()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener_port}"
+
+    def send(self, n: int, headers: Headers = None, concurrency: int = 4,
+             path: str = "/") -> list[tuple[int, Optional[str]]]:
+        return send(self.url + path, n, headers=headers, concurrency=concurrency)
+
+    def load(self, rate: float = 50.0, headers: Headers = None, connections: int = 2) -> "LoadGenerator":
+        return LoadGenerator(self.url + "/", rate=rate, headers=headers, connections=connections)
+
+    def _write_ecds(self, plugin_config: Any) -> None:
+        self._ecds_version += 1
+        configuration = plugin_config if isinstance(plugin_config, str) else None
+        resource = self._shape.ecds_resource(
+            self.plugin, wasm_path(), None if configuration else (plugin_config or {}),
+            configuration=configuration)
+        doc = {"version_info": str(self._ecds_version),
+               "resources": [{"@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                              **resource}]}
+        tmp = self.ecds_dir / f".extensions.{self._ecds_version}.tmp"
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.rename(tmp, self.ecds_path)
+
+    def ecds(self) -> dict[str, int]:
+        """This filter's ECDS counters (update_success, update_rejected, ...)."""
+        prefix = f"extension_config_discovery.http_filter.{self.resource}."
+        return {k.removeprefix(prefix): v for k, v in self.stats().items() if k.startswith(prefix)}
+
+    def wait_ecds(self, counter: str, at_least: int, timeout: float = 15.0) -> None:
+        self.wait_for(lambda: self.ecds().get(counter, 0) >= at_least, timeout,
+                      lambda: f"ECDS {counter} >= {at_least}: {self.ecds()}")
+
+    def deliver(self, plugin_config: Any, expect: str = "update_success") -> None:
+        """Push the next version of the filter's configuration (a pluginConfig dict, a raw
+        JSON string, or None for no pluginConfig) and wait until Envoy took it (expect
+        "update_success") or NACKed it ("update_rejected")."""
+        before = self.ecds().get(expect, 0)
+        self._write_ecds(plugin_config)
+        self.wait_ecds(expect, before + 1)
+
+
+def auto_invalid_config_policy(proxy: "Proxy") -> "Proxy":
+    """Drops CANARY_GUARD_INVALID_CONFIG=refuse from every Wasm VM of a not yet started
+    Proxy (envoy/envoy.yaml sets it: its configuration is static), so the module decides as
+    it does by default: refuse an invalid configuration only while a valid one of the same
+    plugin serves, else run it inert."""
+    def strip(node: Any) -> None:
+        if isinstance(node, dict):
+            vm = node.get("vm_config")
+            if isinstance(vm, dict):
+                vm.pop("environment_variables", None)
+            for v in node.values():
+                strip(v)
+        elif isinstance(node, list):
+            for v in node:
+                strip(v)
+    strip(proxy.config)
+    strip(proxy.listeners)
+    return proxy
+
+
 def listener_copy(listener: dict, name: str, port: int) -> dict:
     """Another listener with the same filter chain (same canary) on another port."""
     out = json.loads(json.dumps(listener))

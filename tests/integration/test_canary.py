@@ -6,9 +6,11 @@ the record (`-s`), never asserted: timing goals belong to `make bench`."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
+import yaml
 
 from tests.integration import harness
 
@@ -242,6 +244,40 @@ def test_bad_config_is_refused_naming_the_field(launcher, backends, bad, field, 
     assert errors, log[-3000:]
     assert f"configuration: {field}:" in errors[0] if field else True, errors[0]
     assert value in errors[0], errors[0]
+
+
+def test_envoy_validate_mode_refuses_an_invalid_static_config(launcher, backends):
+    # envoy/envoy.yaml sets CANARY_GUARD_INVALID_CONFIG=refuse: `envoy --mode validate` runs
+    # on_configure and must fail on what the module would not apply.
+    bad = canary_cfg(stepWeights=[30, 10, 50])
+    proxy = harness.Proxy(launcher.tmp_path, backends, canary_cfg(), filter_config_override=bad)
+    path = launcher.tmp_path / "validate.yaml"
+    path.write_text(yaml.safe_dump(proxy.config, sort_keys=False))
+    run = subprocess.run([harness.envoy_binary(), "--mode", "validate", "-c", str(path)],
+                         capture_output=True, text=True, cwd=launcher.tmp_path, timeout=60)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, out[-3000:]
+    assert ("analysis.stepWeights: [30, 10, 50] must be strictly increasing; "
+            "refused (CANARY_GUARD_INVALID_CONFIG=refuse)") in out, out[-3000:]
+    good = harness.Proxy(launcher.tmp_path, backends, canary_cfg(), name="valid")
+    path.write_text(yaml.safe_dump(good.config, sort_keys=False))
+    run = subprocess.run([harness.envoy_binary(), "--mode", "validate", "-c", str(path)],
+                         capture_output=True, text=True, cwd=launcher.tmp_path, timeout=60)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+
+
+def test_without_the_refuse_policy_an_invalid_static_config_runs_inert(launcher, backends):
+    # The default policy cannot tell a static configuration from a first xDS delivery: Envoy
+    # starts, every request goes to stable, and the error shows in the log and the stats.
+    bad = canary_cfg(stepWeights=[30, 10, 50])
+    proxy = harness.auto_invalid_config_policy(
+        harness.Proxy(launcher.tmp_path, backends, canary_cfg(), filter_config_override=bad))
+    launcher._track(proxy).start()
+    proxy.wait_for(lambda: stat(proxy, "config_invalid") == 1, 10, "config_invalid == 1")
+    results = proxy.send(40) + proxy.send(40, headers={"x-canary": "insider"})
+    assert harness.summarize(results) == {"stable/200": 80}
+    errors = [l for l in proxy.log_text().splitlines() if "invalid canary-guard configuration" in l]
+    assert errors and all("[error]" in l and "running inert" in l for l in errors), errors
 
 
 # ---- tallies ---------------------------------------------------------------------------------

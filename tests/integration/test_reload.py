@@ -292,3 +292,30 @@ def test_analyser_lease_moves_to_another_listener_when_the_leading_one_is_remove
           f"{len(lines)} checks, {checks_total - checks_before} after the removal, min gap "
           f"{min(gaps) * 1000:.0f} ms, longest {max(gaps) * 1000:.0f} ms")
     record_property("takeover_s", round(takeover_s, 3))
+
+
+# ---- an invalid update -----------------------------------------------------------------------
+
+def test_an_invalid_update_is_refused_while_the_valid_configuration_serves(launcher, backends):
+    # The default policy (no CANARY_GUARD_INVALID_CONFIG): the update arrives while the valid
+    # configuration of the same plugin serves, so the module refuses it and Envoy keeps the
+    # old listener. The same configuration as a first delivery would have run inert.
+    cfg = reload_cfg()
+    proxy = harness.auto_invalid_config_policy(
+        harness.Proxy(launcher.tmp_path, backends, cfg, mode="leader", lds=True))
+    launcher._track(proxy).start()
+    with proxy.load(rate=60, connections=2) as load:
+        wait_phase(proxy, PROGRESSING)
+        before = proxy.listener_manager()
+        bad = canary_cfg(stepWeights=[30, 10, 50])
+        wasm = harness._http_filter(proxy.listener("ingress"), "envoy.filters.http.wasm")["config"]
+        wasm["configuration"]["value"] = harness._compact(bad)
+        proxy._write_lds()
+        proxy.wait_for(lambda: proxy.listener_manager().get("lds.update_rejected", 0)
+                       > before.get("lds.update_rejected", 0), 15, "the LDS update rejected")
+        refusals = [l for l in proxy.log_text().splitlines() if "invalid canary-guard configuration" in l]
+        assert refusals and all("refused: canary web rev v2 keeps serving" in l for l in refusals), refusals
+        weight = stat(proxy, "weight")
+        proxy.wait_for(lambda: stat(proxy, "weight") > weight, 10, "the valid configuration stepping on")
+    assert_all_ok(load.timed_records(), "while the invalid update was refused")
+    assert stat(proxy, "config_invalid") == 0
