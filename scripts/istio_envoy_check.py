@@ -4,14 +4,16 @@
 What no schema can tell, checked with the Envoy of `make setup` and the module of `make build`:
 
 1. plugin-config: every WasmPlugin's pluginConfig, serialised as istiod does (protobuf Struct,
-   protojson) and loaded as istiod configures the filter (root_id = pluginName, no vm_id, no
-   singleton), is accepted by the module: Envoy starts and defines the canary's stats. A
-   control run with a misspelt field must be refused.
-2. stats: with a stats matcher like Istio's bootstrap (its own inclusion list plus the
-   proxyStatsMatcher of istio/stats/), canary-guard's stats are kept; with the bootstrap
-   override of istio/stats/stats-tags-configmap.yaml (passed as --config-yaml, as istio-agent
-   does with ISTIO_BOOTSTRAP_OVERRIDE) /stats/prometheus names them
-   canary_guard_<stat>{canary="<name>"}, without it canary_guard_<name>_<stat>.
+   legacy jsonpb: keys sorted, <>& escaped) and delivered as istiod delivers it (ECDS under
+   extensions.istio.io/wasmplugin/<ns>.<name>, no default config; root_id = pluginName, no
+   vm_id, no singleton), is accepted by the module: Envoy takes the ECDS update and defines the
+   canary's stats. A control run with a misspelt field must run inert (accepted, error logged,
+   config_invalid = 1), not be NACKed (which would answer every request with 500).
+2. stats: with Istio's bootstrap stats matcher and no proxyStatsMatcher, canary-guard's stats
+   are kept (the bootstrap includes the prefix "wasm"); with the bootstrap override of
+   istio/stats/stats-tags-configmap.yaml (passed as --config-yaml, as istio-agent does with
+   ISTIO_BOOTSTRAP_OVERRIDE) /stats/prometheus names them canary_guard_<stat>{canary="<name>"},
+   without it canary_guard_<name>_<stat>.
 3. envoyfilter: the patch value of istio/envoyfilter-gateway.yaml, merged into the connection
    manager as istiod's MERGE does, keeps a client-sent routing header from reaching the canary
    route of istio/virtualservice.yaml while no canary-guard filter runs (failed open). A control
@@ -44,15 +46,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 from tests import istio_validate as iv  # strict YAML loading
 from tests import istio_shape
-from tests.istio_shape import istio_wasm_filter
+from tests.istio_shape import ecds_resource, istio_ecds_filter, istio_http_filters, resource_name
 
 ISTIO = REPO / "istio"
 ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
 DEFAULT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "canary_guard.wasm"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-# The patterns Istio's bootstrap always includes (tools/packaging/common/envoy_bootstrap.json),
-# around the ones a ProxyConfig adds.
-ISTIO_BASE_INCLUSIONS = [{"prefix": "reporter="}, {"prefix": "component"}, {"prefix": "istio"}]
 
 
 def merge(dst: Any, src: Any) -> Any:
@@ -160,10 +159,23 @@ def http_connection_manager(cfg: dict) -> dict:
     return cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 
 
-def with_plugin(cfg: dict, plugin: dict, wasm: Path, plugin_config: Optional[dict] = None) -> dict:
+def with_plugin(cfg: dict, plugin: dict, wasm: Path, workdir: Path,
+                plugin_config: Optional[dict] = None) -> dict:
+    """cfg with the WasmPlugin's filter as istiod delivers it: by ECDS (a file in workdir here,
+    ADS in Istio), in Istio's place in the chain for phase UNSPECIFIED_PHASE."""
     cfg = copy.deepcopy(cfg)
+    ecds_dir = Path(tempfile.mkdtemp(prefix="ecds-", dir=workdir))
+    path = ecds_dir / "extensions.yaml"
+    doc = {"version_info": "1", "resources": [{
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        **ecds_resource(plugin, wasm, plugin_config)}]}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    source = {"resource_api_version": "V3", "path_config_source": {
+        "path": str(path), "watched_directory": {"path": str(ecds_dir)}}}
     hcm = http_connection_manager(cfg)
-    hcm["http_filters"] = [istio_wasm_filter(plugin, wasm, plugin_config)] + hcm["http_filters"]
+    router = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router")
+    hcm["http_filters"] = istio_http_filters(istio_ecds_filter(plugin, source), router)
+    cfg.setdefault("node", {"id": "istio-envoy-check", "cluster": "istio-envoy-check"})
     return cfg
 
 
@@ -175,13 +187,37 @@ def stats_matchers() -> dict[str, dict]:
     return istio_shape.stats_matchers(sorted((ISTIO / "stats").glob("*.yaml")), iv.load_documents)
 
 
-def istio_stats_config(matcher: dict) -> dict:
-    """stats_config as Istio's bootstrap template renders a ProxyConfig's proxyStatsMatcher."""
-    patterns = ISTIO_BASE_INCLUSIONS[:2]
+def wait_log(e: "Envoy", *needles: str, timeout: float = 15.0) -> bool:
+    """Whether one line of Envoy's log holds all needles within the timeout (the log file is
+    flushed in batches)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if any(all(n in line for n in needles) for line in e.log().splitlines()):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def wait_stat(e: "Envoy", pattern: str, timeout: float = 10.0) -> str:
+    """/stats once a line matches `pattern` (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = e.get("/stats", admin=True)[1]
+        if re.search(pattern, stats, re.M) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
+
+
+def istio_stats_config(matcher: Optional[dict] = None) -> dict:
+    """stats_config as Istio's bootstrap template renders it (tools/packaging/common/
+    envoy_bootstrap.json with the required prefixes of pkg/bootstrap/config.go), plus a
+    ProxyConfig's proxyStatsMatcher if one is given."""
+    matcher = matcher or {}
+    patterns = [{"prefix": p} for p in istio_shape.ISTIO_BOOTSTRAP_INCLUSION_PREFIXES]
     patterns += [{"prefix": p} for p in matcher.get("inclusionPrefixes", [])]
     patterns += [{"suffix": s} for s in matcher.get("inclusionSuffixes", [])]
     patterns += [{"safe_regex": {"regex": r}} for r in matcher.get("inclusionRegexps", [])]
-    patterns += ISTIO_BASE_INCLUSIONS[2:]
     return {"use_all_default_tags": False, "stats_matcher": {"inclusion_list": {"patterns": patterns}}}
 
 
@@ -207,50 +243,57 @@ class Checker:
     def plugin_config(self) -> None:
         for file, plugin in wasm_plugins():
             name = plugin["spec"]["pluginConfig"]["name"]
-            with self.start(with_plugin(base_config(), plugin, self.wasm)) as e:
+            with self.start(with_plugin(base_config(), plugin, self.wasm, self.workdir)) as e:
                 ready = e.ready()
-                log = e.log()
-                refused = [l for l in log.splitlines() if "invalid canary-guard configuration" in l]
-                stats = e.get("/stats", admin=True)[1] if ready else ""
-                self.report(ready and not refused and f"wasmcustom.canary_guard.{name}.weight" in stats,
-                            f"plugin-config: {file} accepted by the module",
-                            "; ".join(refused) or f"Envoy not ready, log {e.log_path}")
-        # Control: a misspelt field is refused, so the check above can fail.
+                stats = wait_stat(e, rf"^wasmcustom\.canary_guard\.{name}\.weight:") if ready else ""
+                errors = [l for l in e.log().splitlines() if "invalid canary-guard configuration" in l]
+                self.report(ready and not errors and f"wasmcustom.canary_guard.{name}.weight" in stats,
+                            f"plugin-config: {file} delivered by ECDS, accepted by the module",
+                            "; ".join(errors) or f"Envoy not ready or no stats, log {e.log_path}")
+        # Control: a misspelt field runs inert (so the check above can fail), and is not
+        # NACKed: a NACKed first delivery leaves the listener answering 500.
         file, plugin = wasm_plugins()[0]
         bad = copy.deepcopy(plugin["spec"]["pluginConfig"])
         bad["analysis"]["stepWieght"] = bad["analysis"].pop("stepWeight", 10)
-        with self.start(with_plugin(base_config(), plugin, self.wasm, bad)) as e:
-            ready = e.ready(timeout=10)
-            refused = "invalid canary-guard configuration: analysis.stepWieght" in e.log()
-            self.report(not ready and refused, "plugin-config: control, a misspelt field is refused",
-                        f"ready={ready}, refused={refused}, log {e.log_path}")
+        name = bad["name"]
+        with self.start(with_plugin(base_config(), plugin, self.wasm, self.workdir, bad)) as e:
+            ready = e.ready()
+            stats = wait_stat(e, rf"^wasmcustom\.canary_guard\.{name}\.config_invalid: 1$") if ready else ""
+            inert = wait_log(e, "invalid canary-guard configuration: analysis.stepWieght", "running inert")
+            rejected = re.search(rf"^extension_config_discovery\.http_filter\.{re.escape(resource_name(plugin))}"
+                                 r"\.update_rejected: [1-9]", stats, re.M) is not None
+            flagged = f"wasmcustom.canary_guard.{name}.config_invalid: 1" in stats
+            self.report(ready and inert and flagged and not rejected,
+                        "plugin-config: control, a misspelt field runs inert (config_invalid 1), not NACKed",
+                        f"ready={ready}, inert={inert}, config_invalid={flagged}, NACKed={rejected}, log {e.log_path}")
 
     def stats(self) -> None:
         file, plugin = next((f, p) for f, p in wasm_plugins() if f == "wasmplugin-gateway.yaml")
         name = plugin["spec"]["pluginConfig"]["name"]
         configmap = documents(ISTIO / "stats" / "stats-tags-configmap.yaml")[0]
         override = configmap["data"]["custom_bootstrap.json"]
-        for where, matcher in stats_matchers().items():
-            cfg = with_plugin(base_config(), plugin, self.wasm)
-            cfg["stats_config"] = istio_stats_config(matcher)
-            for tagged in (False, True):
-                with self.start(cfg, override if tagged else None) as e:
-                    if not e.ready():
-                        self.report(False, f"stats: {where}", f"Envoy not ready, log {e.log_path}")
-                        continue
-                    for _ in range(5):
-                        e.get("/")
-                    time.sleep(0.5)
-                    stats = e.get("/stats", admin=True)[1]
-                    prom = e.get("/stats/prometheus", admin=True)[1]
-                    kept = f"wasmcustom.canary_guard.{name}.weight:" in stats
-                    others = [l for l in stats.splitlines() if l.startswith("cluster.")]
-                    want = f'canary_guard_weight{{canary="{name}"}}' if tagged else f"canary_guard_{name}_weight{{}}"
-                    named = re.search(rf"^{re.escape(want)} ", prom, re.M) is not None
-                    label = "with" if tagged else "without"
-                    self.report(kept and not others and named,
-                                f"stats: {where}, {label} the bootstrap override: kept, named {want}",
-                                f"kept={kept}, other stats kept={len(others)}, named={named}")
+        # istio/stats/ sets no proxyStatsMatcher: Istio's bootstrap matcher alone must keep them.
+        if stats_matchers():
+            self.report(False, "stats: istio/stats/ needs no proxyStatsMatcher", str(sorted(stats_matchers())))
+        cfg = with_plugin(base_config(), plugin, self.wasm, self.workdir)
+        cfg["stats_config"] = istio_stats_config()
+        for tagged in (False, True):
+            with self.start(cfg, override if tagged else None) as e:
+                if not e.ready():
+                    self.report(False, "stats: Istio's bootstrap matcher", f"Envoy not ready, log {e.log_path}")
+                    continue
+                stats = wait_stat(e, rf"^wasmcustom\.canary_guard\.{name}\.weight:")
+                for _ in range(5):
+                    e.get("/")
+                prom = e.get("/stats/prometheus", admin=True)[1]
+                kept = f"wasmcustom.canary_guard.{name}.weight:" in stats
+                others = [l for l in stats.splitlines() if l.startswith(("cluster.web", "http."))]
+                want = f'canary_guard_weight{{canary="{name}"}}' if tagged else f"canary_guard_{name}_weight{{}}"
+                named = re.search(rf"^{re.escape(want)} ", prom, re.M) is not None
+                label = "with" if tagged else "without"
+                self.report(kept and not others and named,
+                            f"stats: Istio's bootstrap matcher, no proxyStatsMatcher, {label} the bootstrap override: kept, named {want}",
+                            f"kept={kept}, other stats kept={len(others)}, named={named}")
 
     def envoyfilter(self) -> None:
         ef = documents(ISTIO / "envoyfilter-gateway.yaml")[0]
@@ -292,7 +335,7 @@ class Checker:
         rule = plugin["spec"]["pluginConfig"]["analysis"]["match"][0]["headers"]
         ab_headers = {h: m["exact"] for h, m in rule.items()}
         name = plugin["spec"]["pluginConfig"]["name"]
-        with self.start(with_plugin(patched, plugin, self.wasm)) as e:
+        with self.start(with_plugin(patched, plugin, self.wasm, self.workdir)) as e:
             bodies: list[str] = []
             if e.ready():
                 deadline = time.monotonic() + 15

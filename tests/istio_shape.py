@@ -128,6 +128,13 @@ def istio_wasm_filter(plugin: dict, wasm: Union[str, Path], plugin_config: Optio
     }
 
 
+# The stats matcher of every Istio proxy's bootstrap, before any proxyStatsMatcher: the required
+# prefixes of pkg/bootstrap/config.go (requiredEnvoyStatsMatcherInclusionPrefixes) and the
+# patterns tools/packaging/common/envoy_bootstrap.json adds around them.
+ISTIO_BOOTSTRAP_INCLUSION_PREFIXES = ["reporter=", "cluster_manager", "listener_manager", "server",
+                                      "cluster.xds-grpc", "wasm", "component", "istio"]
+
+
 def stats_matchers(paths: Iterable[Path], load_documents: Callable) -> dict[str, dict]:
     """Every proxyStatsMatcher in the given files (a pod's proxy.istio.io/config annotation or
     meshConfig.defaultConfig), keyed by `<file>#<document> annotation|meshConfig`. An
