@@ -17,6 +17,7 @@
 //!   `vm_config.environment_variables`) where the configuration is static, as `envoy/envoy.yaml`.
 
 use crate::config::{salvage, ConfigError};
+use crate::host::{Level, Stat, Telemetry};
 use std::rc::Rc;
 
 /// The VM environment variable that chooses the policy.
@@ -114,6 +115,13 @@ impl Inert {
             "{}; not applied, running inert until a valid configuration arrives: {routing}",
             self.error
         )
+    }
+
+    /// Logs the error line at error level and sets the canary's `config_invalid` gauge (on
+    /// configure and on every repeat).
+    pub fn announce(&self, tel: &mut dyn Telemetry) {
+        tel.log(Level::Error, &self.line());
+        tel.gauge(&self.canary, Stat::ConfigInvalid, 1);
     }
 
     /// True once every `INERT_LOG_EVERY_MS`: time to repeat the error.

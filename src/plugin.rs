@@ -178,8 +178,7 @@ impl Root {
             Verdict::Inert => {
                 self.on_done(env);
                 let inert = Inert::new(e, bytes, now);
-                env.telemetry.log(Level::Error, &inert.line());
-                env.telemetry.gauge(&inert.canary, Stat::ConfigInvalid, 1);
+                inert.announce(env.telemetry);
                 self.role = Role::Inert(inert);
                 self.beat = None;
                 env.host.set_tick_period_ms(INERT_TICK_MS)
@@ -205,8 +204,7 @@ impl Root {
             }
             Role::Inert(inert) => {
                 if inert.repeat_due(now) {
-                    env.telemetry.log(Level::Error, &inert.line());
-                    env.telemetry.gauge(&inert.canary, Stat::ConfigInvalid, 1);
+                    inert.announce(env.telemetry);
                 }
                 self.errors.report(&inert.canary, env.telemetry);
             }
@@ -434,6 +432,16 @@ mod tests {
                 .on_configure(Some(raw.as_bytes().to_vec()), &mut env)
         }
 
+        /// Configures another root context of this proxy (Envoy's update of a plugin).
+        fn configure_another(&mut self, context_id: u32, raw: &str) -> bool {
+            let mut env = Env {
+                store: &self.store,
+                telemetry: &mut self.tel,
+                host: &mut self.host,
+            };
+            Root::new(context_id).on_configure(Some(raw.as_bytes().to_vec()), &mut env)
+        }
+
         fn tick(&mut self) {
             let mut env = Env {
                 store: &self.store,
@@ -554,34 +562,16 @@ mod tests {
         assert!(rig.configure(&config(&[])));
         rig.tick();
         // Envoy configures the update in a new root context of the same plugin.
-        let mut update = Root::new(2);
-        let mut env = Env {
-            store: &rig.store,
-            telemetry: &mut rig.tel,
-            host: &mut rig.host,
-        };
-        assert!(!update.on_configure(Some(invalid().into_bytes()), &mut env));
+        assert!(!rig.configure_another(2, &invalid()));
         assert!(rig.tel.logged("refused: canary web rev v2 keeps serving"));
         // Another plugin has nothing serving: its first configuration runs inert.
         rig.host.plugin_name = Some("istio-system.other".into());
-        let mut other = Root::new(3);
-        let mut env = Env {
-            store: &rig.store,
-            telemetry: &mut rig.tel,
-            host: &mut rig.host,
-        };
-        assert!(other.on_configure(Some(invalid().into_bytes()), &mut env));
+        assert!(rig.configure_another(3, &invalid()));
         // Once the valid one has stopped serving (no beat for LIVE_FOR_MS), the same plugin's
         // invalid configuration runs inert too.
         rig.host.plugin_name = Some("istio-system.canary-guard".into());
         rig.host.now_ms += live::LIVE_FOR_MS + live::BEAT_EVERY_MS;
-        let mut later = Root::new(4);
-        let mut env = Env {
-            store: &rig.store,
-            telemetry: &mut rig.tel,
-            host: &mut rig.host,
-        };
-        assert!(later.on_configure(Some(invalid().into_bytes()), &mut env));
+        assert!(rig.configure_another(4, &invalid()));
     }
 
     #[test]
@@ -589,13 +579,7 @@ mod tests {
         let mut rig = Rig::new();
         rig.host.plugin_name = None;
         assert!(rig.configure(&config(&[])));
-        let mut update = Root::new(2);
-        let mut env = Env {
-            store: &rig.store,
-            telemetry: &mut rig.tel,
-            host: &mut rig.host,
-        };
-        assert!(update.on_configure(Some(invalid().into_bytes()), &mut env));
+        assert!(rig.configure_another(2, &invalid()));
     }
 
     #[test]

@@ -442,7 +442,26 @@ class Backends(Envoy):
             assert got == str(v), f"runtime {k} is {got!r} after runtime_modify, wanted {v}"
 
 
-class Proxy(Envoy):
+class ListenerTraffic:
+    """Requests to a proxy's ingress listener (`listener_port`)."""
+
+    listener_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener_port}"
+
+    def send(self, n: int, headers: Headers = None, concurrency: int = 4,
+             path: str = "/") -> list[tuple[int, Optional[str]]]:
+        return send(self.url + path, n, headers=headers, concurrency=concurrency)
+
+    def load(self, rate: float = 50.0, headers: Headers = None, connections: int = 2,
+             path: str = "/", url: Optional[str] = None) -> "LoadGenerator":
+        return LoadGenerator((url or self.url) + path, rate=rate, headers=headers,
+                             connections=connections)
+
+
+class Proxy(ListenerTraffic, Envoy):
     """envoy/envoy.yaml with canary-guard, in front of a Backends.
 
     canary_port: point the web-canary cluster elsewhere than backends.canary_port (e.g. at a
@@ -496,19 +515,6 @@ class Proxy(Envoy):
         if self.lds:
             self._write_lds()
         super()._launch()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener_port}"
-
-    def send(self, n: int, headers: Headers = None, concurrency: int = 4,
-             path: str = "/") -> list[tuple[int, Optional[str]]]:
-        return send(self.url + path, n, headers=headers, concurrency=concurrency)
-
-    def load(self, rate: float = 50.0, headers: Headers = None, connections: int = 2,
-             path: str = "/", url: Optional[str] = None) -> "LoadGenerator":
-        return LoadGenerator((url or self.url) + path, rate=rate, headers=headers,
-                             connections=connections)
 
     def wait_more_requests(self, n: int, after: str, timeout: float = 15.0) -> None:
         """Waits until the ingress listener has taken `n` more requests than now (traffic from a
@@ -581,7 +587,7 @@ class Proxy(Envoy):
         self.push_listeners({"listener_removed": 1}, timeout, drained)
 
 
-class IstioProxy(Envoy):
+class IstioProxy(ListenerTraffic, Envoy):
     """envoy/envoy.yaml in the shape istiod gives a gateway, the filter delivered the way istiod
     delivers a WasmPlugin: by ECDS (here from a file instead of ADS) under istiod's resource
     name, no default config, initial_fetch_timeout 0, the pluginConfig JSON as istiod's
@@ -621,17 +627,6 @@ class IstioProxy(Envoy):
     def _launch(self) -> None:
         self._write_ecds(self._pending)
         super()._launch()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener_port}"
-
-    def send(self, n: int, headers: Headers = None, concurrency: int = 4,
-             path: str = "/") -> list[tuple[int, Optional[str]]]:
-        return send(self.url + path, n, headers=headers, concurrency=concurrency)
-
-    def load(self, rate: float = 50.0, headers: Headers = None, connections: int = 2) -> "LoadGenerator":
-        return LoadGenerator(self.url + "/", rate=rate, headers=headers, connections=connections)
 
     def _write_ecds(self, plugin_config: Any) -> None:
         self._ecds_version += 1

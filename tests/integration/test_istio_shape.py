@@ -45,10 +45,16 @@ def plugin_config(**analysis) -> dict:
     return {**pc, "analysis": canary_cfg(**analysis)["analysis"]}
 
 
+# A match value with the characters istiod's marshaller escapes (\u003c, \u003e, \u0026).
+ESCAPED_VALUE = "beta<1>&2"
+
+
 def ab_plugin_config() -> dict:
-    """A/B testing (weight 0, only `x-canary: insider` reaches the canary): routing that does
-    not depend on chance."""
-    return {**wasm_plugin()["spec"]["pluginConfig"], "analysis": ab_cfg()["analysis"]}
+    """A/B testing (weight 0, only `x-canary: insider` or `x-group: beta<1>&2` reaches the
+    canary): routing that does not depend on chance."""
+    analysis = ab_cfg()["analysis"]
+    analysis["match"] = analysis["match"] + [{"headers": {"x-group": {"exact": ESCAPED_VALUE}}}]
+    return {**wasm_plugin()["spec"]["pluginConfig"], "analysis": analysis}
 
 
 def invalid_config() -> dict:
@@ -94,12 +100,13 @@ def test_the_filter_comes_by_ecds_in_istios_shape_and_place(launcher, backends):
     assert wasm_cfg["name"] == "istio-system.canary-guard" and wasm_cfg["root_id"] == "canary-guard"
     assert "vm_id" not in wasm_cfg["vm_config"]
     value = wasm_cfg["configuration"]["value"]
-    assert json.loads(value) == cfg
+    assert json.loads(value) == cfg and "beta\\u003c1\\u003e\\u00262" in value
     assert list(json.loads(value)) == sorted(cfg), "istiod's marshaller sorts the keys"
     wait_phase(proxy, PROGRESSING)
     assert "acquired the analyser lease as worker (leader election)" in proxy.log_text()
     # Routing works with the explicit route-cache clear, and the host has the function.
     assert harness.summarize(proxy.send(20, headers={"x-canary": "insider"})) == {"canary/200": 20}
+    assert harness.summarize(proxy.send(20, headers={"x-group": ESCAPED_VALUE})) == {"canary/200": 20}
     assert harness.summarize(proxy.send(20, headers=forged(cfg))) == {"stable/200": 20}
     assert "clear_route_cache foreign function is called after each routing header change" in proxy.log_text()
     assert stat(proxy, "host_errors.clear_route_cache") == 0
