@@ -148,8 +148,9 @@ fn yaml_json(v: &serde_yaml::Value) -> Value {
 fn istiod_json(v: &serde_yaml::Value) -> Value {
     convert(v, &|n| {
         let f = n.as_f64().unwrap_or(f64::NAN);
-        if f.fract() == 0.0 && f.abs() < 1e21 {
-            // Exact for |f| < 2^63; beyond that the float is what istiod would print anyway.
+        // Integral floats print without a fraction; `as i64` is exact below 2^63 (larger ones
+        // stay floats: the same number to the module's parser).
+        if f.fract() == 0.0 && f.abs() < 9.2e18 {
             Value::from(f as i64)
         } else {
             Number::from_f64(f).map_or(Value::Null, Value::Number)
