@@ -16,6 +16,12 @@ pub enum Event {
         from: u8,
         to: u8,
     },
+    /// The configuration's top step is now below the weight (maxWeight lowered): the weight
+    /// comes down to it, and only a passing check there promotes.
+    Lowered {
+        from: u8,
+        to: u8,
+    },
     /// A/B testing: one more passing iteration.
     Iteration {
         done: u32,
@@ -108,6 +114,7 @@ impl fmt::Display for Logged<'_> {
             }
             Event::Skipped => write!(f, "skipAnalysis is set, promoting at once: weight -> 100, phase Succeeded"),
             Event::Advance { from, to } => write!(f, "advance weight {from} -> {to}"),
+            Event::Lowered { from, to } => write!(f, "the top step is now {to}: weight {from} -> {to}, promotion after a passing check at {to}"),
             Event::Iteration { done, of } => write!(f, "checks passed, iteration {done}/{of}"),
             Event::Halt { reasons, failed, threshold } => write!(
                 f,
@@ -254,6 +261,19 @@ pub fn check(
     next.last_check_ms = now_ms;
     let mut events = Vec::new();
     let failures = failure_reasons(results);
+    // maxWeight (or the step list) lowered below the weight: come down to the new top. This
+    // check judged traffic at the old weight, so it cannot promote.
+    let top = a.steps.max_weight();
+    let lowered = state.phase == Phase::Progressing
+        && !matches!(a.steps, Steps::Iterations(_))
+        && state.weight > top;
+    if lowered {
+        next.weight = top;
+        events.push(Event::Lowered {
+            from: state.weight,
+            to: top,
+        });
+    }
 
     if !failures.is_empty() {
         next.failed_checks = state.failed_checks.saturating_add(1);
@@ -280,6 +300,9 @@ pub fn check(
         next.failed_checks = 0;
     }
     next.iterations = state.iterations.saturating_add(1);
+    if lowered {
+        return (next, events);
+    }
 
     if state.phase == Phase::Promoting {
         promote_step(cfg, &mut next, &mut events);
@@ -456,6 +479,31 @@ mod tests {
             format!("canary web rev v2: rolling back, request-success-rate 80% < 99% (failed checks 3/3), weight {} -> 0, phase Failed", s3.weight)
         );
         assert!(!is_due(&cfg, &s4, 100_000), "Failed stays failed");
+    }
+
+    #[test]
+    fn a_lowered_max_weight_brings_the_weight_down_and_promotes_only_after_a_check_there() {
+        let mut cfg = example();
+        let at_50 = CanaryState {
+            weight: 50,
+            phase: Phase::Progressing,
+            ..CanaryState::new("v2", 0)
+        };
+        cfg.analysis.steps = Steps::Linear { step: 10, max: 30 };
+        let (next, events) = check(&cfg, &at_50, &healthy(&cfg), 1_000);
+        assert_eq!((next.weight, next.phase), (30, Phase::Progressing));
+        assert_eq!(events, vec![Event::Lowered { from: 50, to: 30 }]);
+        assert_eq!(
+            text(&cfg, &events[0]),
+            "canary web rev v2: the top step is now 30: weight 50 -> 30, promotion after a passing check at 30"
+        );
+        // The next passing check, at 30, promotes.
+        let (next, _) = check(&cfg, &next, &healthy(&cfg), 2_000);
+        assert_eq!(next.phase, Phase::Succeeded);
+        // A failing check on the lowered weight counts as usual.
+        let (next, events) = check(&cfg, &at_50, &failing(&cfg), 1_000);
+        assert_eq!((next.weight, next.failed_checks), (30, 1));
+        assert!(matches!(events[1], Event::Halt { .. }), "{events:?}");
     }
 
     #[test]

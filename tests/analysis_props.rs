@@ -94,6 +94,10 @@ prop_compose! {
         for (k, v) in steps.as_object().unwrap() {
             analysis[k] = v.clone();
         }
+        // No metrics is the explicit opt-in (refused otherwise: no evidence).
+        if analysis["metrics"].as_array().is_some_and(Vec::is_empty) {
+            analysis["promoteWithoutMetrics"] = json!(true);
+        }
         let cfg = json!({
             "name": "web",
             "revision": "v2",

@@ -3,7 +3,7 @@
 //! send every request to stable, whatever the client sent). Each part is taken only if it
 //! passes the same check as in a valid configuration; anything else is left out.
 
-use super::validate::{check_name, is_header_name};
+use super::validate::{check_name, is_cluster_name, is_header_name};
 use serde_json::Value;
 
 /// The parts of an invalid configuration that pass their own checks.
@@ -27,8 +27,8 @@ pub fn salvage(bytes: &[u8]) -> Salvage {
     let stable_route = match (field("header"), field("stable")) {
         (Some(header), Some(stable)) => {
             let header = header.to_ascii_lowercase();
-            let printable = !stable.trim().is_empty() && !stable.chars().any(char::is_control);
-            (is_header_name(&header) && printable).then(|| (header, stable.to_string()))
+            (is_header_name(&header) && is_cluster_name(stable))
+                .then(|| (header, stable.to_string()))
         }
         _ => None,
     };

@@ -393,3 +393,74 @@ fn plugin_role_selects_filter_or_singleton() {
     let e = with("/role", Some("boss".into())).unwrap_err();
     assert_eq!(e.field, "role");
 }
+
+#[test]
+fn refuses_what_would_misroute_mislead_or_promote_on_no_evidence() {
+    use serde_json::json;
+    // A cluster name is sent as a header value: CR/LF, spaces and non-ASCII are refused.
+    rejects(
+        "/upstreams/canary",
+        json!("web-canary\r\n"),
+        "upstreams.canary",
+        "visible ASCII",
+    );
+    rejects(
+        "/upstreams/stable",
+        json!("web stable"),
+        "upstreams.stable",
+        "visible ASCII",
+    );
+    rejects(
+        "/upstreams/canary",
+        json!("wéb"),
+        "upstreams.canary",
+        "visible ASCII",
+    );
+    assert!(with(
+        "/upstreams/canary",
+        Some(json!("outbound|8080|canary|web.prod.svc.cluster.local"))
+    )
+    .is_ok());
+    // Names and revisions that would log like another one.
+    rejects(
+        "/revision",
+        json!("v2\u{200b}"),
+        "revision",
+        "printable ASCII",
+    );
+    rejects("/revision", json!("v2 "), "revision", "printable ASCII");
+    rejects("/name", json!("web\u{200b}"), "name", "[A-Za-z0-9_-]");
+    // One header under two spellings in a rule can never match.
+    rejects(
+        "/analysis/match",
+        json!([{"headers": {"X-Canary": {"exact": "a"}, "x-canary": {"exact": "a"}}}]),
+        "analysis.match[0].headers.x-canary",
+        "case-insensitive",
+    );
+    // No metrics: no evidence. Refused unless skipAnalysis or the explicit opt-in.
+    rejects(
+        "/analysis/metrics",
+        json!([]),
+        "analysis.metrics",
+        "no evidence",
+    );
+    let e = with("/analysis/metrics", None).unwrap_err();
+    assert_eq!(e.field, "analysis.metrics", "{e}");
+    assert!(with("/skipAnalysis", Some(json!(true)))
+        .and_then(|_| {
+            let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+            v["skipAnalysis"] = json!(true);
+            v["analysis"]["metrics"] = json!([]);
+            parse(v.to_string().as_bytes())
+        })
+        .is_ok());
+    let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+    v["analysis"]["metrics"] = json!([]);
+    v["analysis"]["promoteWithoutMetrics"] = json!(true);
+    assert!(
+        parse(v.to_string().as_bytes())
+            .unwrap()
+            .analysis
+            .promote_without_metrics
+    );
+}

@@ -136,6 +136,8 @@ pub struct Analysis {
     pub consecutive: bool,
     pub matches: Vec<MatchRule>,
     pub metrics: Vec<MetricCheck>,
+    /// `promoteWithoutMetrics`: the explicit opt-in to an analysis without metrics.
+    pub promote_without_metrics: bool,
 }
 
 impl Analysis {

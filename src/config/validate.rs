@@ -11,10 +11,17 @@ use crate::matcher::{MatchRule, StringMatch};
 pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let name = check_name(&raw.name)?;
     let revision = raw.revision;
-    if revision.is_empty() || revision.len() > 128 || revision.chars().any(|c| c.is_control()) {
+    // Printable ASCII only: an invisible or look-alike character (`v2\u{200b}`) would log
+    // like another revision while being a different one.
+    let printable = revision.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if revision.trim().len() != revision.len()
+        || revision.is_empty()
+        || revision.len() > 128
+        || !printable
+    {
         return err(
             "revision",
-            format!("{revision:?} must be 1 to 128 printable characters"),
+            format!("{revision:?} must be 1 to 128 printable ASCII characters (no leading or trailing space)"),
         );
     }
     let upstreams = check_upstreams(raw.upstreams.0)?;
@@ -31,6 +38,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
     let approved_until = raw.approved_until.map(check_approval).transpose()?;
+    if analysis.metrics.is_empty() && !raw.skip_analysis && !analysis.promote_without_metrics {
+        return err(
+            "analysis.metrics",
+            "is empty: the analysis would promote on no evidence; add request-success-rate and/or request-duration, set skipAnalysis, or set analysis.promoteWithoutMetrics: true",
+        );
+    }
     if raw.role == Role::Analyser {
         return err("role", "\"analyser\" takes no other fields: use {\"role\": \"analyser\"} for the bootstrap singleton");
     }
@@ -73,6 +86,13 @@ pub(super) fn check_name(name: &str) -> Result<String, ConfigError> {
     Ok(name.to_string())
 }
 
+/// A cluster name that is also a valid header value: visible ASCII, no space or control
+/// character (a CR/LF would make Envoy refuse every canary-routed request), at most 255 bytes.
+/// Istio's `outbound|8080|canary|web.prod.svc.cluster.local` passes.
+pub(super) fn is_cluster_name(name: &str) -> bool {
+    (1..=255).contains(&name.len()) && name.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
 pub(super) fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -88,17 +108,16 @@ fn check_upstreams(raw: RawUpstreams) -> Result<Upstreams, ConfigError> {
             format!("{:?} is not a valid header name", raw.header),
         );
     }
-    if raw.stable.trim().is_empty() {
-        return err(
-            "upstreams.stable",
-            format!("{:?} must name a cluster", raw.stable),
-        );
-    }
-    if raw.canary.trim().is_empty() {
-        return err(
-            "upstreams.canary",
-            format!("{:?} must name a cluster", raw.canary),
-        );
+    for (field, cluster) in [
+        ("upstreams.stable", &raw.stable),
+        ("upstreams.canary", &raw.canary),
+    ] {
+        if !is_cluster_name(cluster) {
+            return err(
+                field,
+                format!("{cluster:?} must name a cluster: 1 to 255 visible ASCII characters (it is sent as a header value)"),
+            );
+        }
     }
     if raw.stable == raw.canary {
         return err(
@@ -232,6 +251,7 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
     }
 
     Ok(Analysis {
+        promote_without_metrics: raw.promote_without_metrics.unwrap_or(false),
         interval_ms,
         threshold,
         steps,
@@ -337,6 +357,14 @@ fn check_match(i: usize, raw: RawMatch) -> Result<MatchRule, ConfigError> {
         let lower = name.to_ascii_lowercase();
         if !is_header_name(&lower) && !lower.starts_with(':') {
             return err(hfield, format!("{name:?} is not a valid header name"));
+        }
+        // Header names are case-insensitive: two spellings of one name in a rule could never
+        // both match (the rule ANDs them), so one must go.
+        if headers.iter().any(|(n, _)| *n == lower) {
+            return err(
+                hfield,
+                format!("{name:?} is the same header as another name in this rule (header names are case-insensitive)"),
+            );
         }
         let set = [&m.exact, &m.prefix, &m.suffix, &m.regex]
             .iter()

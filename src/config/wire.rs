@@ -95,6 +95,8 @@ pub(super) struct RawAnalysis {
     #[serde(rename = "match")]
     pub(super) matches: Option<Vec<Obj<RawMatch>>>,
     pub(super) metrics: Option<Vec<Obj<RawMetric>>>,
+    /// The opt-in to an analysis without metrics (it would promote on no evidence).
+    pub(super) promote_without_metrics: Option<bool>,
     // Flagger fields that need a controller; refused by name rather than silently ignored.
     pub(super) webhooks: Option<Value>,
     pub(super) alerts: Option<Value>,

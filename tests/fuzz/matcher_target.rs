@@ -232,7 +232,8 @@ fn via_config(pattern: &str) -> Result<(), ConfigError> {
         "upstreams": {"header": "x-up", "stable": "s", "canary": "c"},
         "analysis": {
             "stepWeight": 10,
-            "match": [{"headers": {"x-ab": {"regex": pattern}}}]
+            "match": [{"headers": {"x-ab": {"regex": pattern}}}],
+            "metrics": [{"name": "request-success-rate", "thresholdRange": {"min": 99}}]
         }
     });
     parse(cfg.to_string().as_bytes()).map(|_| ())
