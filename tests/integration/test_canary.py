@@ -185,7 +185,8 @@ def test_match_rule_sends_matching_requests_to_the_canary(launcher, backends):
 
 def test_session_affinity_keeps_each_user_on_one_side_while_weight_rises(launcher, backends):
     # Slow steps (2s) so every user is asked several times at each weight.
-    cfg = canary_cfg(interval="2s", stepWeights=[10, 30, 60, 90], minRequests=1, metrics=[])
+    cfg = canary_cfg(interval="2s", stepWeights=[10, 30, 60, 90], minRequests=1, metrics=[],
+                     promoteWithoutMetrics=True)
     proxy = launcher.proxy(backends, cfg)
     wait_phase(proxy, PROGRESSING)
     users = [f"user-{i}" for i in range(60)]
