@@ -227,6 +227,11 @@ def test_session_affinity_keeps_each_user_on_one_side_while_weight_rises(launche
     ({"upstreams": {"canary": "web-stable"}}, "upstreams.canary", "web-stable"),
     ({"analysis": {"metrics": [{"name": "error-rate", "thresholdRange": {"max": 1}}]}},
      "analysis.metrics[0].name", "error-rate"),
+    ({"upstreams": {"canary": "web-canary\r\n"}}, "upstreams.canary", "visible ASCII"),
+    ({"revision": "v2\u200b"}, "revision", "printable ASCII"),
+    ({"analysis": {"match": [{"headers": {"X-Canary": {"exact": "a"}, "x-canary": {"exact": "a"}}}]}},
+     "analysis.match[0].headers.x-canary", "case-insensitive"),
+    ({"analysis": {"metrics": []}}, "analysis.metrics", "no evidence"),
 ])
 def test_bad_config_is_refused_naming_the_field(launcher, backends, bad, field, value):
     if isinstance(bad, str):
