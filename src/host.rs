@@ -40,6 +40,9 @@ pub enum Stat {
     Canary5xx,
     StableRequests,
     Stable5xx,
+    /// Requests whose client went away before any response, too soon to be evidence.
+    CanaryAbandoned,
+    StableAbandoned,
     Promotions,
     Rollbacks,
     Checks,
@@ -64,7 +67,7 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 21] = [
+    pub const ALL: [Stat; 23] = [
         Stat::Weight,
         Stat::Phase,
         Stat::FailedChecks,
@@ -72,6 +75,8 @@ impl Stat {
         Stat::Canary5xx,
         Stat::StableRequests,
         Stat::Stable5xx,
+        Stat::CanaryAbandoned,
+        Stat::StableAbandoned,
         Stat::Promotions,
         Stat::Rollbacks,
         Stat::Checks,
@@ -97,6 +102,8 @@ impl Stat {
             Stat::Canary5xx => "canary_5xx",
             Stat::StableRequests => "stable_requests",
             Stat::Stable5xx => "stable_5xx",
+            Stat::CanaryAbandoned => "canary_abandoned",
+            Stat::StableAbandoned => "stable_abandoned",
             Stat::Promotions => "promotions",
             Stat::Rollbacks => "rollbacks",
             Stat::Checks => "checks",
@@ -178,6 +185,7 @@ pub trait HttpHost {
     /// Makes Envoy match the route again (its `clear_route_cache` foreign function).
     fn clear_route_cache(&mut self) -> RouteCache;
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>>;
     fn add_response_header(&mut self, name: &str, value: &str) -> bool;
 }
 

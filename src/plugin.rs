@@ -22,7 +22,7 @@ use crate::host::{
 use crate::invalid_config::{
     decide, Inert, InertRoute, Policy, Verdict, INERT_TICK_MS, POLICY_ENV,
 };
-use crate::outcome::{status_from_header, Side};
+use crate::outcome::{answer_is_error, grpc_status_from_header, status_from_header, Outcome, Side};
 use crate::store::live::{self, Live};
 use crate::worker::Worker;
 use std::cell::RefCell;
@@ -243,7 +243,10 @@ impl Root {
             side: None,
             set_cookie: None,
             started_ns: 0,
+            request_end_ns: None,
+            response_ns: None,
             status: 0,
+            grpc_status: None,
         }
     }
 
@@ -293,13 +296,24 @@ pub struct Stream {
     side: Option<Side>,
     set_cookie: Option<String>,
     started_ns: u64,
-    /// Response status; stays 0 when no response headers were sent (counted as an error).
+    /// When the request was complete (its last byte, headers or body or trailers), and when
+    /// the response headers came: the upstream's time is between the two.
+    request_end_ns: Option<u64>,
+    response_ns: Option<u64>,
+    /// Response status; stays 0 when no response headers were sent (the client went away).
     status: u32,
+    /// `grpc-status` of a trailers-only response, or of the trailers.
+    grpc_status: Option<u32>,
 }
 
 impl Stream {
     /// Decides stable or canary and sets the routing header to that side's cluster.
-    pub fn on_request_headers(&mut self, store: &dyn SharedStore, http: &mut dyn HttpHost) {
+    pub fn on_request_headers(
+        &mut self,
+        store: &dyn SharedStore,
+        http: &mut dyn HttpHost,
+        end_of_stream: bool,
+    ) {
         let Some(worker) = &self.worker else {
             match self.inert_route.as_deref() {
                 Some(InertRoute::Stable { header, stable }) => {
@@ -321,6 +335,9 @@ impl Stream {
         };
         let now = http.now_ns();
         self.started_ns = now.unwrap_or(0);
+        if end_of_stream {
+            self.request_end_ns = now;
+        }
         let store = Watched {
             store,
             errors: &self.errors,
@@ -368,28 +385,72 @@ impl Stream {
         }
     }
 
-    /// Captures the status (local replies such as 503 or 504 pass here too) and hands out the
-    /// affinity cookie. Reading `:status` here costs far less than the `response.code`
-    /// property at stream end.
+    /// The request body (or trailers) arrived: at its end the request is complete.
+    pub fn on_request_end(&mut self, http: &dyn HttpHost, end_of_stream: bool) {
+        if end_of_stream && self.side.is_some() && self.request_end_ns.is_none() {
+            self.request_end_ns = http.now_ns();
+        }
+    }
+
+    /// Captures the status (local replies such as 503 or 504 pass here too), a trailers-only
+    /// gRPC status, when the answer came, and hands out the affinity cookie. Reading `:status`
+    /// here costs far less than the `response.code` property at stream end.
     pub fn on_response_headers(&mut self, http: &mut dyn HttpHost) {
         if self.side.is_some() {
+            self.response_ns = http.now_ns();
             self.status = status_from_header(http.response_header(":status").as_deref());
+            if self.status == 200 {
+                self.grpc_status =
+                    grpc_status_from_header(http.response_header("grpc-status").as_deref());
+            }
         }
         if let Some(cookie) = self.set_cookie.take() {
             http.add_response_header("set-cookie", &cookie);
         }
     }
 
-    /// Records the outcome. The duration runs from request headers to stream end on the host
-    /// clock: the span the analysis judges, without the cost of the `request.duration` property.
+    /// A gRPC response's status comes in its trailers.
+    pub fn on_response_trailers(&mut self, http: &dyn HttpHost) {
+        if self.side.is_some() {
+            if let Some(code) =
+                grpc_status_from_header(http.response_trailer("grpc-status").as_deref())
+            {
+                self.grpc_status = Some(code);
+            }
+        }
+    }
+
+    /// Records the outcome (`outcome`'s attribution). Times are the host clock's, read in the
+    /// callbacks, without the cost of the `request.duration` property: an answered request
+    /// from its last byte to the response headers (the upstream's time, not the client's
+    /// upload or download); an abandoned one, how long its client waited after it was complete.
     pub fn on_log(&mut self, http: &dyn HttpHost) {
         let (Some(side), Some(worker)) = (self.side, &self.worker) else {
             return;
         };
-        let micros = http.now_ns().unwrap_or(0).saturating_sub(self.started_ns) / 1000;
-        if let Ok(mut w) = worker.try_borrow_mut() {
-            w.record(side, self.status, micros);
-        }
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return;
+        };
+        let outcome = match self.response_ns {
+            Some(answered) if self.status != 0 => {
+                // A response before the request was complete (an early 413) is timed from
+                // the request headers.
+                let from = self
+                    .request_end_ns
+                    .filter(|e| *e <= answered)
+                    .unwrap_or(self.started_ns);
+                Outcome::Answered {
+                    error: answer_is_error(self.status, self.grpc_status, w.cfg.grpc_error_codes),
+                    micros: answered.saturating_sub(from) / 1000,
+                }
+            }
+            _ => Outcome::Abandoned {
+                waited_micros: self
+                    .request_end_ns
+                    .map_or(0, |e| http.now_ns().unwrap_or(e).saturating_sub(e) / 1000),
+            },
+        };
+        w.record_outcome(side, outcome);
     }
 }
 
@@ -454,7 +515,7 @@ mod tests {
         /// One request; the routing header the stream left.
         fn request(&mut self, http: &mut FakeHttp) -> Option<String> {
             let mut stream = self.root.new_stream();
-            stream.on_request_headers(&self.store, http);
+            stream.on_request_headers(&self.store, http, true);
             http.response.insert(":status".into(), b"200".to_vec());
             stream.on_response_headers(http);
             stream.on_log(http);
@@ -605,6 +666,163 @@ mod tests {
             .logs
             .iter()
             .any(|(l, m)| *l == Level::Warn && m.contains("\"strict\"")));
+    }
+
+    /// One request through a fresh stream, driven by `steps` on a clock in ms.
+    fn drive(rig: &mut Rig, steps: &[(u64, Step)]) {
+        let mut http = FakeHttp::default();
+        let mut stream = rig.root.new_stream();
+        for (at_ms, step) in steps {
+            http.now_ns = at_ms * 1_000_000;
+            match step {
+                Step::Headers { end } => stream.on_request_headers(&rig.store, &mut http, *end),
+                Step::BodyEnd => stream.on_request_end(&http, true),
+                Step::Response(status, grpc) => {
+                    http.response
+                        .insert(":status".into(), status.to_string().into_bytes());
+                    if let Some(g) = grpc {
+                        http.response
+                            .insert("grpc-status".into(), g.to_string().into_bytes());
+                    }
+                    stream.on_response_headers(&mut http);
+                }
+                Step::Trailer(grpc) => {
+                    http.trailers
+                        .insert("grpc-status".into(), grpc.to_string().into_bytes());
+                    stream.on_response_trailers(&http);
+                }
+                Step::Log => stream.on_log(&http),
+            }
+        }
+    }
+
+    enum Step {
+        Headers { end: bool },
+        BodyEnd,
+        Response(u32, Option<u32>),
+        Trailer(u32),
+        Log,
+    }
+
+    fn counts(rig: &mut Rig) -> (u64, u64, u64) {
+        rig.tick();
+        (
+            rig.tel.counter_of("web", Stat::StableRequests),
+            rig.tel.counter_of("web", Stat::Stable5xx),
+            rig.tel.counter_of("web", Stat::StableAbandoned),
+        )
+    }
+
+    #[test]
+    fn a_client_that_goes_away_is_not_evidence_unless_it_had_waited_too_long() {
+        use Step::*;
+        let mut rig = Rig::new();
+        assert!(rig.configure(&config(&[])));
+        // Reset at once, or during a slow upload: abandoned, not an error.
+        drive(&mut rig, &[(0, Headers { end: true }), (1, Log)]);
+        drive(&mut rig, &[(0, Headers { end: false }), (800, Log)]);
+        assert_eq!(counts(&mut rig), (0, 0, 2));
+        // Waited 600 ms for an answer (request-duration max 500): a slow request, no error.
+        drive(&mut rig, &[(0, Headers { end: true }), (600, Log)]);
+        assert_eq!(counts(&mut rig), (1, 0, 2));
+        // Waited past requestTimeout (10 s): an error.
+        drive(&mut rig, &[(0, Headers { end: true }), (10_001, Log)]);
+        assert_eq!(counts(&mut rig), (2, 1, 2));
+    }
+
+    #[test]
+    fn latency_runs_from_the_requests_last_byte_to_the_response_headers() {
+        use Step::*;
+        let mut rig = Rig::new();
+        assert!(rig.configure(&config(&[])));
+        // An 800 ms upload, a 10 ms answer, a slow download: 10 ms.
+        drive(
+            &mut rig,
+            &[
+                (0, Headers { end: false }),
+                (800, BodyEnd),
+                (810, Response(200, None)),
+                (5_000, Log),
+            ],
+        );
+        rig.tick();
+        let slot = rig.store.raw("canary-guard/web/slot/0").unwrap();
+        let record = crate::tally::SlotRecord::decode(&slot).unwrap();
+        let latency = &record.buckets[0].stable.latency;
+        let p = latency.percentile(100.0).unwrap();
+        assert!((9_000.0..=11_000.0).contains(&p), "{p} µs");
+    }
+
+    #[test]
+    fn grpc_server_failures_count_as_errors_from_trailers_or_a_trailers_only_response() {
+        use Step::*;
+        let mut rig = Rig::new();
+        assert!(rig.configure(&config(&[])));
+        drive(
+            &mut rig,
+            &[
+                (0, Headers { end: true }),
+                (5, Response(200, None)),
+                (6, Trailer(13)),
+                (6, Log),
+            ],
+        );
+        drive(
+            &mut rig,
+            &[
+                (0, Headers { end: true }),
+                (5, Response(200, Some(14))),
+                (6, Log),
+            ],
+        );
+        drive(
+            &mut rig,
+            &[
+                (0, Headers { end: true }),
+                (5, Response(200, None)),
+                (6, Trailer(5)),
+                (6, Log),
+            ],
+        );
+        drive(
+            &mut rig,
+            &[
+                (0, Headers { end: true }),
+                (5, Response(200, None)),
+                (6, Trailer(0)),
+                (6, Log),
+            ],
+        );
+        assert_eq!(
+            counts(&mut rig),
+            (4, 2, 0),
+            "INTERNAL and UNAVAILABLE, not NOT_FOUND or OK"
+        );
+        // Configurable per canary.
+        let mut rig = Rig::new();
+        assert!(rig.configure(&config(&[(
+            "/grpcErrorCodes",
+            serde_json::json!(["NOT_FOUND"])
+        )])));
+        drive(
+            &mut rig,
+            &[
+                (0, Headers { end: true }),
+                (5, Response(200, None)),
+                (6, Trailer(13)),
+                (6, Log),
+            ],
+        );
+        drive(
+            &mut rig,
+            &[
+                (0, Headers { end: true }),
+                (5, Response(200, None)),
+                (6, Trailer(5)),
+                (6, Log),
+            ],
+        );
+        assert_eq!(counts(&mut rig), (2, 1, 0));
     }
 
     #[test]

@@ -32,8 +32,12 @@ pub struct Tally {
 
 impl Tally {
     pub fn record(&mut self, status: u32, micros: u64) {
+        self.record_outcome(is_error(status), micros);
+    }
+
+    pub fn record_outcome(&mut self, error: bool, micros: u64) {
         self.requests += 1;
-        if is_error(status) {
+        if error {
             self.errors += 1;
         }
         self.latency.record(micros);
@@ -104,7 +108,11 @@ impl Totals {
     }
 
     pub fn record(&mut self, side: Side, status: u32) {
-        let err = u64::from(is_error(status));
+        self.record_outcome(side, is_error(status));
+    }
+
+    pub fn record_outcome(&mut self, side: Side, error: bool) {
+        let err = u64::from(error);
         match side {
             Side::Stable => {
                 self.stable_requests += 1;
@@ -154,7 +162,12 @@ impl SlotRecord {
 
     /// Records one finished request at `now_ms`.
     pub fn record(&mut self, now_ms: u64, side: Side, status: u32, micros: u64) {
-        self.totals.record(side, status);
+        self.record_outcome(now_ms, side, is_error(status), micros);
+    }
+
+    /// Records one finished request at `now_ms`, already judged an error or not.
+    pub fn record_outcome(&mut self, now_ms: u64, side: Side, error: bool, micros: u64) {
+        self.totals.record_outcome(side, error);
         let start = now_ms - now_ms % self.bucket_ms.max(1);
         if self.buckets.last().is_none_or(|b| b.start_ms < start) {
             self.buckets.push(Bucket {
@@ -170,8 +183,8 @@ impl SlotRecord {
             .unwrap_or(0);
         if let Some(bucket) = self.buckets.get_mut(idx) {
             match side {
-                Side::Stable => bucket.stable.record(status, micros),
-                Side::Canary => bucket.canary.record(status, micros),
+                Side::Stable => bucket.stable.record_outcome(error, micros),
+                Side::Canary => bucket.canary.record_outcome(error, micros),
             }
         }
     }

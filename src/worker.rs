@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::hashing::{mix64, Xorshift64};
 use crate::host::{SharedStore, Stat, Telemetry};
-use crate::outcome::Side;
+use crate::outcome::{is_error, Outcome, Side};
 use crate::routing::{decide, Decision};
 use crate::state::CanaryState;
 use crate::store::slots::{Publish, SlotPublisher};
@@ -28,6 +28,8 @@ pub struct Worker {
     unreported: Totals,
     /// Requests since the last tick whose state value was present but undecodable.
     unreadable_states: u64,
+    /// Requests abandoned by their clients since the last tick (not evidence): stable, canary.
+    abandoned: [u64; 2],
     dirty: bool,
     rng: Xorshift64,
     now_ms: u64,
@@ -47,6 +49,7 @@ impl Worker {
             publisher: SlotPublisher::new(token, bucket_ms),
             unreported: Totals::default(),
             unreadable_states: 0,
+            abandoned: [0; 2],
             dirty: false,
             rng: Xorshift64::from_state(mix64(token ^ now_ms)),
             now_ms,
@@ -94,12 +97,34 @@ impl Worker {
         decide(&self.cfg, self.state.as_ref(), header, draw)
     }
 
-    /// Records one finished request. `status` 0 = no response was sent.
+    /// Records one finished request by its HTTP status (0 = no response was sent).
     pub fn record(&mut self, side: Side, status: u32, micros: u64) {
+        self.count(side, is_error(status), micros);
+    }
+
+    /// Records one finished request as the filter saw it. An abandoned request is evidence only
+    /// when its client had waited longer than the analysis allows: then it is a slow request
+    /// (its wait a lower bound of its duration), and an error past `requestTimeout`.
+    pub fn record_outcome(&mut self, side: Side, outcome: Outcome) {
+        match outcome {
+            Outcome::Answered { error, micros } => self.count(side, error, micros),
+            Outcome::Abandoned { waited_micros } => {
+                let a = &self.cfg.analysis;
+                let waited_ms = waited_micros / 1000;
+                if waited_ms > a.slow_after_ms() {
+                    self.count(side, waited_ms > a.request_timeout_ms, waited_micros);
+                } else if let Some(n) = self.abandoned.get_mut(side as usize) {
+                    *n += 1;
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, side: Side, error: bool, micros: u64) {
         self.publisher
             .record
-            .record(self.now_ms, side, status, micros);
-        self.unreported.record(side, status);
+            .record_outcome(self.now_ms, side, error, micros);
+        self.unreported.record_outcome(side, error);
         self.dirty = true;
     }
 
@@ -163,6 +188,7 @@ impl Worker {
     /// Adds the outcomes recorded since the last report to the Envoy counters.
     fn report_counters(&mut self, tel: &mut dyn Telemetry) {
         let u = std::mem::take(&mut self.unreported);
+        let [stable_abandoned, canary_abandoned] = std::mem::take(&mut self.abandoned);
         for (stat, n) in [
             (Stat::StableRequests, u.stable_requests),
             (Stat::Stable5xx, u.stable_errors),
@@ -172,6 +198,8 @@ impl Worker {
                 Stat::StateUnreadable,
                 std::mem::take(&mut self.unreadable_states),
             ),
+            (Stat::StableAbandoned, stable_abandoned),
+            (Stat::CanaryAbandoned, canary_abandoned),
         ] {
             if n > 0 {
                 tel.count(&self.cfg.name, stat, n);

@@ -13,6 +13,7 @@ pub const CAS_MISMATCH: u32 = 8;
 
 pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_HEADERS: u32 = 2;
+pub const RESPONSE_TRAILERS: u32 = 3;
 const PLUGIN_CONFIGURATION: u32 = 7;
 pub const COUNTER: u32 = 0;
 pub const GAUGE: u32 = 1;

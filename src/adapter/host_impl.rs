@@ -153,6 +153,10 @@ impl HttpHost for HostHttp {
         ffi::header(ffi::RESPONSE_HEADERS, name)
     }
 
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        ffi::header(ffi::RESPONSE_TRAILERS, name)
+    }
+
     fn add_response_header(&mut self, name: &str, value: &str) -> bool {
         ffi::add_header(ffi::RESPONSE_HEADERS, name, value)
     }

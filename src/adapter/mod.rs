@@ -68,13 +68,29 @@ struct Http(plugin::Stream);
 impl Context for Http {}
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.0.on_request_headers(&HostStore, &mut HostHttp);
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.0
+            .on_request_headers(&HostStore, &mut HostHttp, end_of_stream);
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        self.0.on_request_end(&HostHttp, end_of_stream);
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.0.on_request_end(&HostHttp, true);
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.0.on_response_headers(&mut HostHttp);
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.0.on_response_trailers(&HostHttp);
         Action::Continue
     }
 

@@ -1,12 +1,15 @@
 //! The validated configuration: what the rest of the module reads. Built only by `validate`.
 
 use crate::matcher::MatchRule;
+pub use crate::outcome::GrpcCodes;
 
 /// Shortest analysis interval and metric window we accept: below this the tick and the
 /// publication period of the workers would be as long as the interval itself.
 pub const MIN_INTERVAL_MS: u64 = 100;
 /// Longest metric window: tallies are kept for the longest window, in at most ~64 buckets.
 pub const MAX_WINDOW_MS: u64 = 24 * 3600 * 1000;
+/// Default `analysis.requestTimeout`: a canary request still unanswered after this is an error.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Longest regex source in a match rule; the compiled program is bounded too.
 pub const MAX_REGEX_LEN: usize = 1024;
 
@@ -42,6 +45,8 @@ pub struct Config {
     pub suspend: bool,
     pub restart_policy: RestartPolicy,
     pub approved_until: Option<Approval>,
+    /// gRPC status codes that count as errors.
+    pub grpc_error_codes: GrpcCodes,
 }
 
 /// What a root context was configured as.
@@ -138,9 +143,25 @@ pub struct Analysis {
     pub metrics: Vec<MetricCheck>,
     /// `promoteWithoutMetrics`: the explicit opt-in to an analysis without metrics.
     pub promote_without_metrics: bool,
+    /// `requestTimeout`: a canary request unanswered (or abandoned by its client after
+    /// waiting) this long counts as an error.
+    pub request_timeout_ms: u64,
 }
 
 impl Analysis {
+    /// How long a canary request may wait before it is evidence of slowness: the smallest
+    /// `max` of the request-duration metrics, else `requestTimeout`.
+    pub fn slow_after_ms(&self) -> u64 {
+        self.metrics
+            .iter()
+            .filter(|m| matches!(m.kind, MetricKind::Duration { .. }))
+            .filter_map(|m| m.max)
+            .map(|max| max.max(0.0) as u64)
+            .min()
+            .unwrap_or(self.request_timeout_ms)
+            .min(self.request_timeout_ms)
+    }
+
     /// The longest window any metric looks at: tallies must cover it, and their buckets are cut
     /// from it. Not the analysis interval: checks read only metric windows, and an interval
     /// much longer than the windows (1h vs 10s) would cut buckets too coarse for a window.

@@ -7,6 +7,7 @@ use super::timestamp::parse_rfc3339_ms;
 use super::types::*;
 use super::wire::*;
 use crate::matcher::{MatchRule, StringMatch};
+use serde_json::Value;
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let name = check_name(&raw.name)?;
@@ -47,7 +48,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.role == Role::Analyser {
         return err("role", "\"analyser\" takes no other fields: use {\"role\": \"analyser\"} for the bootstrap singleton");
     }
+    let grpc_error_codes = check_grpc_codes(raw.grpc_error_codes)?;
     Ok(Config {
+        grpc_error_codes,
         name,
         revision,
         upstreams,
@@ -58,6 +61,32 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         restart_policy,
         approved_until,
     })
+}
+
+fn check_grpc_codes(raw: Option<Vec<Value>>) -> Result<GrpcCodes, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(GrpcCodes::SERVER_ERRORS);
+    };
+    let mut codes = GrpcCodes(0);
+    for (i, v) in list.iter().enumerate() {
+        let code = match v {
+            Value::String(name) => GrpcCodes::code(name),
+            Value::Number(n) => n.as_u64().filter(|c| *c <= 16).map(|c| c as u32),
+            _ => None,
+        };
+        match code {
+            Some(c) if c != 0 => codes.0 |= 1 << c,
+            _ => {
+                return err(
+                    format!("grpcErrorCodes[{i}]"),
+                    format!(
+                    "{v} is not a gRPC error code: a name such as \"INTERNAL\" or a number 1 to 16"
+                ),
+                )
+            }
+        }
+    }
+    Ok(codes)
 }
 
 fn check_approval(text: String) -> Result<Approval, ConfigError> {
@@ -250,7 +279,12 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
         metrics.push(check_metric(i, m.0, interval_ms)?);
     }
 
+    let request_timeout_ms = match raw.request_timeout {
+        Some(text) => check_interval("analysis.requestTimeout", &text)?,
+        None => DEFAULT_REQUEST_TIMEOUT_MS,
+    };
     Ok(Analysis {
+        request_timeout_ms,
         promote_without_metrics: raw.promote_without_metrics.unwrap_or(false),
         interval_ms,
         threshold,

@@ -62,6 +62,9 @@ pub(super) struct RawConfig {
     pub(super) approved_until: Option<String>,
     #[serde(default)]
     pub(super) role: Role,
+    /// gRPC codes counted as errors, by name or number (default: the server failures).
+    #[serde(default)]
+    pub(super) grpc_error_codes: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +100,8 @@ pub(super) struct RawAnalysis {
     pub(super) metrics: Option<Vec<Obj<RawMetric>>>,
     /// The opt-in to an analysis without metrics (it would promote on no evidence).
     pub(super) promote_without_metrics: Option<bool>,
+    /// A canary request unanswered this long counts as an error.
+    pub(super) request_timeout: Option<String>,
     // Flagger fields that need a controller; refused by name rather than silently ignored.
     pub(super) webhooks: Option<Value>,
     pub(super) alerts: Option<Value>,

@@ -142,6 +142,7 @@ pub struct FakeHttp {
     pub now_ns: u64,
     pub request: HashMap<String, Vec<u8>>,
     pub response: HashMap<String, Vec<u8>>,
+    pub trailers: HashMap<String, Vec<u8>>,
     /// When set, setting a request header fails (a host in trouble).
     pub refuse_headers: bool,
     /// What `clear_route_cache` answers (`None`: cleared).
@@ -189,6 +190,9 @@ impl HttpHost for FakeHttp {
     }
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {
         self.response.get(name).cloned()
+    }
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.trailers.get(name).cloned()
     }
     fn add_response_header(&mut self, name: &str, value: &str) -> bool {
         self.response

@@ -280,7 +280,7 @@ impl Sim {
             ..FakeHttp::default()
         };
         let mut stream = self.nodes[i].root.new_stream();
-        stream.on_request_headers(&self.store, &mut http);
+        stream.on_request_headers(&self.store, &mut http, true);
         let side = match http.request_value(&up.header) {
             Some(c) if c == up.canary => Side::Canary,
             Some(c) if c == up.stable => Side::Stable,
@@ -294,8 +294,8 @@ impl Sim {
         let micros = ms * 1000 + self.rand() % 5_000;
         http.response
             .insert(":status".into(), status.to_string().into_bytes());
-        stream.on_response_headers(&mut http);
         http.now_ns += micros * 1000;
+        stream.on_response_headers(&mut http);
         stream.on_log(&http);
         (side, status)
     }

@@ -32,6 +32,7 @@ import pytest
 
 from tests.integration import harness
 from tests.integration.raw_upstream import CLOSE, HOLD, RESET, RawUpstream, abort, ok_response
+from tests.integration.test_canary import stat
 
 PROGRESSING, FAILED = 1, 4
 ROUTING_HEADER = b"x-canary-upstream"
@@ -655,11 +656,12 @@ def test_upstream_responses_are_counted_once_per_side(held, scenario):
 
 
 def test_client_that_gives_up_before_the_response(held):
-    """The upstream never answers; the client closes (FIN) or resets (RST) after the request
-    reached it. Envoy resets the upstream request, no response headers are ever seen, so the
-    stream ends with status 0, which src/tally.rs counts as an error on that side. (Flagger's
-    Istio query counts response_code 0 as a success; see the report.)"""
+    """The upstream never answers; the client closes (FIN) or resets (RST) soon after the
+    request reached it. Envoy resets the upstream request, no response headers are ever seen:
+    the client abandoned it. That is not evidence (src/outcome.rs): no request, no error on
+    either side, one abandoned request each, in *_abandoned."""
     ledger = Ledger(held)
+    abandoned = {s: stat(held.proxy, f"{s}_abandoned") or 0 for s in ("canary", "stable")}
     clusters = {s: held.proxy.stat(f"cluster.web-{s}.upstream_rq_total", 0) for s in ("canary", "stable")}
     try:
         held.canary.respond(HOLD)
@@ -680,7 +682,10 @@ def test_client_that_gives_up_before_the_response(held):
     finally:
         held.canary.reset_script()
         held.stable.reset_script()
-    ledger.expect(canary=(2, 2), stable=(2, 2))
+    for side in ("canary", "stable"):
+        held.proxy.wait_for(lambda: (stat(held.proxy, f"{side}_abandoned") or 0) == abandoned[side] + 2, 10,
+                            f"two abandoned {side} requests")
+    ledger.expect(canary=(0, 0), stable=(0, 0))
     for s, before in clusters.items():
         assert held.proxy.stat(f"cluster.web-{s}.upstream_rq_total", 0) - before == 2, s
     assert_healthy(held)
