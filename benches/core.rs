@@ -196,6 +196,45 @@ fn main() {
         black_box(decide(&cookie, Some(black_box(&state)), &mut nothing, r));
     });
 
+    // (a') match rules at their worst, on a 60 KiB header value: the slowest accepted regex
+    // is skipped (over the per-request budget), and the worst case that runs spends the whole
+    // budget (matcher::REGEX_WORK_BUDGET); the plain shapes are string searches.
+    let huge = "a".repeat(60 * 1024);
+    let rule = |regex: &str| {
+        config(|v| {
+            v["analysis"]["match"] = serde_json::json!([{"headers": {"x-ab": {"regex": regex}}}]);
+        })
+    };
+    let slowest = rule("(?:[a-y]*){800}z");
+    let mut long = |name: &str| (name == "x-ab").then(|| huge.as_bytes().to_vec());
+    table.run(
+        "decide: slowest accepted regex, 60 KiB value (skipped)",
+        || {
+            black_box(decide(&slowest, Some(black_box(&state)), &mut long, 1));
+        },
+    );
+    let contains = rule(".*insider.*");
+    table.run(
+        "decide: .*insider.* (a string search), 60 KiB value",
+        || {
+            black_box(decide(&contains, Some(black_box(&state)), &mut long, 1));
+        },
+    );
+    // The worst that runs: a program of p bytes on REGEX_WORK_BUDGET / p bytes of value.
+    let costly = rule("(?:[a-y]*){8}z");
+    let p = match &costly.analysis.matches[0].headers[0].1 {
+        canary_guard::matcher::StringMatch::Regex(_, p) => *p,
+        other => panic!("{other:?}"),
+    };
+    let fits = "a".repeat((canary_guard::matcher::REGEX_WORK_BUDGET / p) as usize);
+    let mut just_fits = |name: &str| (name == "x-ab").then(|| fits.as_bytes().to_vec());
+    table.run(
+        "decide: regex work at the per-request budget (worst case that runs)",
+        || {
+            black_box(decide(&costly, Some(black_box(&state)), &mut just_fits, 1));
+        },
+    );
+
     // (b) Worker::route: with the state copy fresh (most requests), and re-reading it (once per
     // STATE_MAX_AGE_US per worker: state get + decode + decide).
     let store = Store::default();

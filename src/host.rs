@@ -57,6 +57,9 @@ pub enum Stat {
     /// Requests that found a state value they could not decode (and went to stable): a torn
     /// or corrupt read would show here.
     StateUnreadable,
+    /// Requests on which a match regex was skipped: it would have cost more than the
+    /// per-request regex budget (`matcher`), so that rule did not match.
+    MatchBudgetExhausted,
     /// Host calls that failed (not a CAS mismatch, which is contention, not failure), by kind.
     HostErrorsGetSharedData,
     HostErrorsSetSharedData,
@@ -67,7 +70,7 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 23] = [
+    pub const ALL: [Stat; 24] = [
         Stat::Weight,
         Stat::Phase,
         Stat::FailedChecks,
@@ -86,6 +89,7 @@ impl Stat {
         Stat::TalliedStable5xx,
         Stat::SharedBytes,
         Stat::StateUnreadable,
+        Stat::MatchBudgetExhausted,
         Stat::HostErrorsGetSharedData,
         Stat::HostErrorsSetSharedData,
         Stat::HostErrorsSetHeader,
@@ -113,6 +117,7 @@ impl Stat {
             Stat::TalliedStable5xx => "tallied_stable_5xx",
             Stat::SharedBytes => "shared_bytes",
             Stat::StateUnreadable => "state_unreadable",
+            Stat::MatchBudgetExhausted => "match_budget_exhausted",
             Stat::HostErrorsGetSharedData => "host_errors.get_shared_data",
             Stat::HostErrorsSetSharedData => "host_errors.set_shared_data",
             Stat::HostErrorsSetHeader => "host_errors.set_header",

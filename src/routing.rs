@@ -5,7 +5,7 @@
 
 use crate::config::{Affinity, Config};
 use crate::hashing::{fnv1a, mix64, FNV_OFFSET};
-use crate::matcher::any_matches;
+use crate::matcher::{any_matches, Budget};
 use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
 
@@ -14,6 +14,8 @@ pub struct Decision {
     pub side: Side,
     /// `Set-Cookie` value to add to the response (cookie affinity, first visit).
     pub set_cookie: Option<String>,
+    /// A match regex was skipped: it would have cost more than the request's regex budget.
+    pub budget_exhausted: bool,
 }
 
 impl Decision {
@@ -21,6 +23,7 @@ impl Decision {
         Decision {
             side,
             set_cookie: None,
+            budget_exhausted: false,
         }
     }
 }
@@ -44,11 +47,13 @@ pub fn decide(
         Phase::Succeeded => return Decision::new(Side::Canary),
         Phase::Progressing | Phase::Promoting => {}
     }
-    if any_matches(&cfg.analysis.matches, header) {
+    let mut budget = Budget::default();
+    let matched = any_matches(&cfg.analysis.matches, header, &mut budget);
+    if matched {
         return Decision::new(Side::Canary);
     }
     let weight = u64::from(state.weight.min(100));
-    match &cfg.affinity {
+    let mut d = match &cfg.affinity {
         Affinity::None => Decision::new(pick(random % 100, weight)),
         Affinity::Header(name) => match header(name) {
             Some(value) if !value.is_empty() => {
@@ -72,7 +77,9 @@ pub fn decide(
                 }
             }
         }
-    }
+    };
+    d.budget_exhausted = budget.exhausted;
+    d
 }
 
 fn pick(bucket: u64, weight: u64) -> Side {

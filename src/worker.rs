@@ -30,6 +30,8 @@ pub struct Worker {
     unreadable_states: u64,
     /// Requests abandoned by their clients since the last tick (not evidence): stable, canary.
     abandoned: [u64; 2],
+    /// Requests since the last tick on which a match regex exceeded the regex budget.
+    budget_exhausted: u64,
     dirty: bool,
     rng: Xorshift64,
     now_ms: u64,
@@ -50,6 +52,7 @@ impl Worker {
             unreported: Totals::default(),
             unreadable_states: 0,
             abandoned: [0; 2],
+            budget_exhausted: 0,
             dirty: false,
             rng: Xorshift64::from_state(mix64(token ^ now_ms)),
             now_ms,
@@ -94,7 +97,9 @@ impl Worker {
         }
         // A cheap per-worker xorshift stream seeded from the random token, whitened by mix64.
         let draw = mix64(self.rng.next_u64());
-        decide(&self.cfg, self.state.as_ref(), header, draw)
+        let d = decide(&self.cfg, self.state.as_ref(), header, draw);
+        self.budget_exhausted += u64::from(d.budget_exhausted);
+        d
     }
 
     /// Records one finished request by its HTTP status (0 = no response was sent).
@@ -197,6 +202,10 @@ impl Worker {
             (
                 Stat::StateUnreadable,
                 std::mem::take(&mut self.unreadable_states),
+            ),
+            (
+                Stat::MatchBudgetExhausted,
+                std::mem::take(&mut self.budget_exhausted),
             ),
             (Stat::StableAbandoned, stable_abandoned),
             (Stat::CanaryAbandoned, canary_abandoned),

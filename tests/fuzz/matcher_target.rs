@@ -18,7 +18,7 @@ use crate::mutate::havoc;
 use crate::rng::Rng;
 use crate::{corpus, Target};
 use canary_guard::config::{parse, ConfigError, MAX_REGEX_LEN};
-use canary_guard::matcher::StringMatch;
+use canary_guard::matcher::{Budget, StringMatch};
 
 /// regex-lite's compiled-size limit in the module is 64 KiB and an NFA state takes at least
 /// 16 bytes there: a program of more states than this cannot fit.
@@ -371,9 +371,27 @@ impl Target for RegexTarget {
         match compiled {
             Ok(m) => {
                 self.accepted += 1;
+                // A plain shape (a string search) must answer as the regex would.
+                let reference = regex_lite::RegexBuilder::new(&format!("^(?:{pattern})$"))
+                    .size_limit(1 << 20)
+                    .nest_limit(64)
+                    .build()
+                    .ok();
                 for h in self.haystacks(&pattern, ast.as_ref()) {
                     self.haystack_bytes += h.len() as u64;
-                    let _ = m.matches(&h);
+                    let mut unlimited = Budget {
+                        left: u64::MAX,
+                        exhausted: false,
+                    };
+                    let got = m.matches(&h, &mut unlimited);
+                    if let Some(r) = &reference {
+                        if got != r.is_match(&h) {
+                            return Err(format!(
+                                "{m:?} answers {got} for {h:?}, the regex {}",
+                                !got
+                            ));
+                        }
+                    }
                 }
             }
             Err(e) => {
