@@ -60,7 +60,7 @@ fn full_record(
     now_ms: u64,
     per_bucket: u64,
 ) -> SlotRecord {
-    let mut r = SlotRecord::new(owner, bucket_ms);
+    let mut r = SlotRecord::new(owner, &[window_ms]);
     let retention = window_ms + 2 * bucket_ms;
     let mut t = now_ms - retention + bucket_ms;
     while t <= now_ms {
@@ -267,7 +267,7 @@ fn main() {
         worker.record(side, 200, LATENCIES[i % 20]);
     });
     let bucket_ms = bucket_ms_for(affinity.analysis.longest_window_ms());
-    let mut rec = SlotRecord::new(1, bucket_ms);
+    let mut rec = SlotRecord::new(1, &affinity.analysis.windows_ms());
     table.run("SlotRecord::record", || {
         i = i.wrapping_add(1);
         rec.record(1_000, Side::Canary, 200, LATENCIES[i % 20]);
@@ -278,14 +278,14 @@ fn main() {
     let window_ms = affinity.analysis.longest_window_ms();
     let full = full_record(11, bucket_ms, window_ms, now, 200);
     let encoded = full.encode();
-    let mut publisher = SlotPublisher::new(11, bucket_ms);
+    let mut publisher = SlotPublisher::new(11, &[window_ms]);
     publisher.record = full.clone();
     let pub_store = Store::default();
     publisher.publish(&pub_store, &keys);
     table.run(
         &format!(
             "SlotRecord::encode ({} buckets, {} B)",
-            full.buckets.len(),
+            full.buckets().count(),
             encoded.len()
         ),
         || {
@@ -338,7 +338,7 @@ fn main() {
     table.run("window sum: 4 slots x 1 metric (merge)", || {
         let mut w = canary_guard::tally::Tally::default();
         for s in &slots {
-            s.window(Side::Canary, now - window_ms, now, &mut w);
+            s.window(Side::Canary, window_ms, now - window_ms, now, &mut w);
         }
         black_box(w);
     });

@@ -363,6 +363,9 @@ impl Stream {
         }
         self.side = Some(decision.side);
         self.set_cookie = decision.set_cookie;
+        if decision.side == Side::Canary {
+            w.begin_canary(self.started_ns / 1_000_000);
+        }
     }
 
     /// Sets the routing header (always overwriting: a client-sent value must never pick the
@@ -450,6 +453,9 @@ impl Stream {
                     .map_or(0, |e| http.now_ns().unwrap_or(e).saturating_sub(e) / 1000),
             },
         };
+        if side == Side::Canary {
+            w.end_canary(self.started_ns / 1_000_000);
+        }
         w.record_outcome(side, outcome);
     }
 }
@@ -748,7 +754,7 @@ mod tests {
         rig.tick();
         let slot = rig.store.raw("canary-guard/web/slot/0").unwrap();
         let record = crate::tally::SlotRecord::decode(&slot).unwrap();
-        let latency = &record.buckets[0].stable.latency;
+        let latency = &record.series[0].buckets[0].stable.latency;
         let p = latency.percentile(100.0).unwrap();
         assert!((9_000.0..=11_000.0).contains(&p), "{p} µs");
     }

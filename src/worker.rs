@@ -9,7 +9,8 @@ use crate::routing::{decide, Decision};
 use crate::state::CanaryState;
 use crate::store::slots::{Publish, SlotPublisher};
 use crate::store::{registry, Keys};
-use crate::tally::{bucket_ms_for, Totals};
+use crate::tally::{Totals, MAX_IN_FLIGHT_SHOWN};
+use std::collections::BTreeMap;
 
 /// How often a worker re-checks that its configuration is the one published for the singleton.
 const CONFIG_REPUBLISH_MS: u64 = 5_000;
@@ -36,6 +37,9 @@ pub struct Worker {
     rng: Xorshift64,
     now_ms: u64,
     config_checked_ms: Option<u64>,
+    /// Canary requests not finished yet: start (ms) -> how many; changed since the last tick.
+    in_flight: BTreeMap<u64, u32>,
+    in_flight_changed: bool,
     /// The state as last read, and when (host clock, µs).
     state: Option<CanaryState>,
     state_read_us: Option<u64>,
@@ -43,12 +47,14 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(cfg: Config, raw_config: Vec<u8>, token: u64, now_ms: u64) -> Self {
-        let bucket_ms = bucket_ms_for(cfg.analysis.longest_window_ms());
+        let windows = cfg.analysis.windows_ms();
         Worker {
             keys: Keys::new(&cfg.name),
             cfg,
             raw_config,
-            publisher: SlotPublisher::new(token, bucket_ms),
+            publisher: SlotPublisher::new(token, &windows),
+            in_flight: BTreeMap::new(),
+            in_flight_changed: false,
             unreported: Totals::default(),
             unreadable_states: 0,
             abandoned: [0; 2],
@@ -99,6 +105,14 @@ impl Worker {
         let draw = mix64(self.rng.next_u64());
         let d = decide(&self.cfg, self.state.as_ref(), header, draw);
         self.budget_exhausted += u64::from(d.budget_exhausted);
+        // Buckets are cut from this revision's analysis start.
+        if let Some(s) = self
+            .state
+            .as_ref()
+            .filter(|s| s.revision == self.cfg.revision)
+        {
+            self.publisher.record.origin_ms = s.started_ms;
+        }
         d
     }
 
@@ -125,6 +139,43 @@ impl Worker {
         }
     }
 
+    /// A canary request started at `start_ms` (host clock) is on its way: until it finishes it
+    /// is shown in the slot, so that the analyser can judge it if it hangs.
+    pub fn begin_canary(&mut self, start_ms: u64) {
+        *self.in_flight.entry(start_ms).or_insert(0) += 1;
+        self.in_flight_changed = true;
+    }
+
+    /// The canary request started at `start_ms` finished (its outcome is recorded apart).
+    pub fn end_canary(&mut self, start_ms: u64) {
+        if let Some(n) = self.in_flight.get_mut(&start_ms) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&start_ms);
+            }
+        }
+        self.in_flight_changed = true;
+    }
+
+    /// Puts the requests in flight into the record (on the tick, not per request).
+    fn show_in_flight(&mut self) {
+        if !std::mem::take(&mut self.in_flight_changed) {
+            return;
+        }
+        let r = &mut self.publisher.record;
+        r.in_flight = self.in_flight.values().copied().sum();
+        r.in_flight_oldest.clear();
+        for (start, n) in &self.in_flight {
+            for _ in 0..*n {
+                if r.in_flight_oldest.len() == MAX_IN_FLIGHT_SHOWN {
+                    break;
+                }
+                r.in_flight_oldest.push(*start);
+            }
+        }
+        self.dirty = true;
+    }
+
     fn count(&mut self, side: Side, error: bool, micros: u64) {
         self.publisher
             .record
@@ -137,13 +188,11 @@ impl Worker {
         self.now_ms = now_ms;
         self.publish_config(store, tel, now_ms);
         self.report_counters(tel);
+        self.show_in_flight();
         if !self.dirty {
             return;
         }
-        let retention = self.cfg.analysis.longest_window_ms() + 2 * self.publisher.record.bucket_ms;
-        self.publisher
-            .record
-            .prune(now_ms.saturating_sub(retention));
+        self.publisher.record.prune(now_ms);
         if self.publisher.publish(store, &self.keys) == Publish::Written {
             self.dirty = false;
         }

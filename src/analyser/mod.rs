@@ -13,7 +13,7 @@ mod singleton;
 
 pub use singleton::Singleton;
 
-use crate::config::Config;
+use crate::config::{Config, MetricCheck, MetricKind};
 use crate::host::{Level, SetError, SharedStore, Stat, Telemetry};
 use crate::metrics::{evaluate, MetricResult};
 use crate::outcome::Side;
@@ -291,9 +291,17 @@ impl Analyser {
                 // Only this revision's outcomes: the window never reaches before its start.
                 let from = now_ms.saturating_sub(m.window_ms).max(state.started_ms);
                 let mut window = Tally::default();
-                slots
-                    .iter()
-                    .for_each(|s| s.window(Side::Canary, from, now_ms, &mut window));
+                for s in slots {
+                    s.window(Side::Canary, m.window_ms, from, now_ms, &mut window);
+                    judge_in_flight(
+                        s,
+                        m,
+                        a.request_timeout_ms,
+                        state.started_ms,
+                        now_ms,
+                        &mut window,
+                    );
+                }
                 evaluate(m, a.min_requests, &window)
             })
             .collect();
@@ -390,6 +398,32 @@ fn value_len(store: &dyn SharedStore, key: &str) -> u64 {
     match store.get(key) {
         Ok(Some((bytes, _))) => bytes.len() as u64,
         _ => 0,
+    }
+}
+
+/// Canary requests still in flight (as the slot last showed them) count at a check once they
+/// have waited too long: past `requestTimeout` as an error for every metric, past a
+/// request-duration metric's `max` as a slow request for that metric (its age is a lower
+/// bound of its duration). Shorter ones are not judged yet. A request is either in flight or
+/// finished in one slot record, never both, so a late completion is not counted twice.
+fn judge_in_flight(
+    slot: &SlotRecord,
+    metric: &MetricCheck,
+    timeout_ms: u64,
+    started_ms: u64,
+    now_ms: u64,
+    window: &mut Tally,
+) {
+    let slow_ms = match metric.kind {
+        MetricKind::Duration { .. } => metric.max.map(|m| m.max(0.0) as u64),
+        MetricKind::SuccessRate => None,
+    };
+    for start in slot.in_flight_oldest.iter().filter(|t| **t >= started_ms) {
+        let age = now_ms.saturating_sub(*start);
+        let error = age > timeout_ms;
+        if error || slow_ms.is_some_and(|s| age > s) {
+            window.record_outcome(error, age.saturating_mul(1000));
+        }
     }
 }
 

@@ -28,9 +28,9 @@ pub struct SlotPublisher {
 }
 
 impl SlotPublisher {
-    pub fn new(token: u64, bucket_ms: u64) -> Self {
+    pub fn new(token: u64, windows_ms: &[u64]) -> Self {
         SlotPublisher {
-            record: SlotRecord::new(token, bucket_ms),
+            record: SlotRecord::new(token, windows_ms),
             index: None,
         }
     }
@@ -174,8 +174,8 @@ mod tests {
     fn each_worker_gets_its_own_slot() {
         let s = FakeStore::default();
         let k = Keys::new("web");
-        let mut a = SlotPublisher::new(1, 100);
-        let mut b = SlotPublisher::new(2, 100);
+        let mut a = SlotPublisher::new(1, &[6_400]);
+        let mut b = SlotPublisher::new(2, &[6_400]);
         a.record.record(0, Side::Canary, 200, 10);
         b.record.record(0, Side::Stable, 500, 10);
         assert_eq!(a.publish(&s, &k), Publish::Written);
@@ -196,11 +196,11 @@ mod tests {
     fn a_worker_that_lost_its_slot_republishes_elsewhere_without_loss() {
         let s = FakeStore::default();
         let k = Keys::new("web");
-        let mut a = SlotPublisher::new(1, 100);
+        let mut a = SlotPublisher::new(1, &[6_400]);
         a.record.record(0, Side::Canary, 200, 10);
         a.publish(&s, &k);
         // A racing claimer overwrote slot 0 (the absent-key race).
-        let mut b = SlotPublisher::new(2, 100);
+        let mut b = SlotPublisher::new(2, &[6_400]);
         b.record.record(0, Side::Canary, 200, 10);
         s.put(&k.slot(0), &b.record.encode());
         a.record.record(1, Side::Canary, 200, 10);
@@ -217,11 +217,11 @@ mod tests {
     fn released_slots_are_adopted_with_their_history() {
         let s = FakeStore::default();
         let k = Keys::new("web");
-        let mut a = SlotPublisher::new(1, 100);
+        let mut a = SlotPublisher::new(1, &[6_400]);
         (0..5).for_each(|_| a.record.record(0, Side::Canary, 200, 10));
         a.publish(&s, &k);
         a.release(&s, &k);
-        let mut b = SlotPublisher::new(2, 100);
+        let mut b = SlotPublisher::new(2, &[6_400]);
         b.record.record(0, Side::Canary, 503, 10);
         b.publish(&s, &k);
         assert_eq!(b.index(), Some(0), "reused");
@@ -234,9 +234,9 @@ mod tests {
     fn live_slots_are_never_taken() {
         let s = FakeStore::default();
         let k = Keys::new("web");
-        let mut a = SlotPublisher::new(1, 100);
+        let mut a = SlotPublisher::new(1, &[6_400]);
         a.publish(&s, &k);
-        let mut b = SlotPublisher::new(2, 100);
+        let mut b = SlotPublisher::new(2, &[6_400]);
         b.publish(&s, &k);
         assert_eq!(b.index(), Some(1));
     }
@@ -245,7 +245,7 @@ mod tests {
     fn corrupt_slots_are_skipped_and_reported() {
         let s = FakeStore::default();
         let k = Keys::new("web");
-        let mut a = SlotPublisher::new(1, 100);
+        let mut a = SlotPublisher::new(1, &[6_400]);
         a.record.record(0, Side::Canary, 200, 10);
         a.publish(&s, &k);
         s.put(&k.slot(1), b"junk");
@@ -258,7 +258,7 @@ mod tests {
     fn host_errors_defer_without_losing_data() {
         let s = FakeStore::default();
         let k = Keys::new("web");
-        let mut a = SlotPublisher::new(1, 100);
+        let mut a = SlotPublisher::new(1, &[6_400]);
         a.record.record(0, Side::Canary, 200, 10);
         s.broken.set(Some(10));
         assert_eq!(a.publish(&s, &k), Publish::Deferred);

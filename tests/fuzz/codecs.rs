@@ -15,7 +15,7 @@ use canary_guard::histogram::Histogram;
 use canary_guard::outcome::Side;
 use canary_guard::state::{CanaryState, Phase};
 use canary_guard::store::lease::{HolderKind, Lease};
-use canary_guard::tally::{Bucket, SlotRecord, Tally};
+use canary_guard::tally::{Bucket, Series, SlotRecord, Tally, Totals, MAX_IN_FLIGHT_SHOWN};
 
 const TRAILER: usize = 8;
 /// What `config` accepts and the state decoder enforces.
@@ -68,13 +68,6 @@ fn tally_valid(t: &Tally) -> bool {
 }
 
 fn slot_valid(r: &SlotRecord) -> bool {
-    let mut sums = [0u128; 4];
-    for b in &r.buckets {
-        sums[0] += u128::from(b.stable.requests);
-        sums[1] += u128::from(b.stable.errors);
-        sums[2] += u128::from(b.canary.requests);
-        sums[3] += u128::from(b.canary.errors);
-    }
     let t = &r.totals;
     let totals = [
         t.stable_requests,
@@ -82,15 +75,30 @@ fn slot_valid(r: &SlotRecord) -> bool {
         t.canary_requests,
         t.canary_errors,
     ];
-    r.bucket_ms >= 1
-        && r.buckets.len() <= MAX_BUCKETS
-        && t.stable_errors <= t.stable_requests
+    let series_valid = |s: &Series| {
+        let mut sums = [0u128; 4];
+        for b in &s.buckets {
+            sums[0] += u128::from(b.stable.requests);
+            sums[1] += u128::from(b.stable.errors);
+            sums[2] += u128::from(b.canary.requests);
+            sums[3] += u128::from(b.canary.errors);
+        }
+        s.bucket_ms >= 1
+            && s.buckets.len() <= MAX_BUCKETS
+            && s.buckets.windows(2).all(|w| w[0].start_ms < w[1].start_ms)
+            && s.buckets
+                .iter()
+                .all(|b| tally_valid(&b.stable) && tally_valid(&b.canary))
+            && sums.iter().zip(totals).all(|(s, t)| *s <= u128::from(t))
+    };
+    t.stable_errors <= t.stable_requests
         && t.canary_errors <= t.canary_requests
-        && r.buckets.windows(2).all(|w| w[0].start_ms < w[1].start_ms)
-        && r.buckets
-            .iter()
-            .all(|b| tally_valid(&b.stable) && tally_valid(&b.canary))
-        && sums.iter().zip(totals).all(|(s, t)| *s <= u128::from(t))
+        && r.series.len() <= 16
+        && r.series.windows(2).all(|w| w[0].window_ms < w[1].window_ms)
+        && r.series.iter().all(series_valid)
+        && r.in_flight_oldest.len() <= MAX_IN_FLIGHT_SHOWN
+        && r.in_flight_oldest.len() as u64 <= u64::from(r.in_flight)
+        && r.in_flight_oldest.windows(2).all(|w| w[0] <= w[1])
 }
 
 // ---- value generators ---------------------------------------------------------------------------
@@ -145,19 +153,29 @@ fn stored(mut s: CanaryState) -> CanaryState {
 
 const STATUSES: [u32; 9] = [200, 204, 301, 404, 429, 500, 503, 504, 0];
 
-fn random_slot(rng: &mut Rng, events: usize) -> SlotRecord {
-    let bucket_ms = match rng.below(6) {
+fn random_window(rng: &mut Rng) -> u64 {
+    match rng.below(6) {
         0 => 1,
-        1 => 100,
-        2 => 157,
-        3 => 250,
-        4 => 56_250,
-        _ => 1 + rng.below(100_000) as u64,
-    };
-    let mut r = SlotRecord::new(rng.u64() >> rng.below(64), bucket_ms);
+        1 => 6_400,
+        2 => 10_000,
+        3 => 16_000,
+        4 => 3_600_000,
+        _ => 1 + rng.below(100_000_000) as u64,
+    }
+}
+
+fn random_slot(rng: &mut Rng, events: usize) -> SlotRecord {
+    let windows: Vec<u64> = (0..1 + rng.below(3)).map(|_| random_window(rng)).collect();
+    let mut r = SlotRecord::new(rng.u64() >> rng.below(64), &windows);
     r.reserved = rng.interesting_u64();
     let base = rng.u64() >> 20;
-    let span = bucket_ms * (1 + rng.below(80) as u64);
+    r.origin_ms = if rng.one_in(3) {
+        0
+    } else {
+        base.saturating_sub(rng.below(10_000) as u64)
+    };
+    let widest = r.series.iter().map(|s| s.bucket_ms).max().unwrap_or(1);
+    let span = widest * (1 + rng.below(80) as u64);
     for _ in 0..events {
         let side = if rng.one_in(3) {
             Side::Canary
@@ -179,30 +197,55 @@ fn random_slot(rng: &mut Rng, events: usize) -> SlotRecord {
     if rng.one_in(4) {
         r.prune(base + rng.below(span as usize) as u64);
     }
+    let shown = rng.below(MAX_IN_FLIGHT_SHOWN + 1);
+    r.in_flight = shown as u32 + rng.below(5) as u32;
+    r.in_flight_oldest = (0..shown)
+        .map(|i| base + i as u64 * rng.below(50) as u64)
+        .collect();
+    r.in_flight_oldest.sort_unstable();
     r
 }
 
 /// One plausible way a writer could get a record wrong (the value is then usually invalid).
 fn tamper(rng: &mut Rng, r: &mut SlotRecord) {
     let v = rng.interesting_u64();
-    let n = r.buckets.len();
-    match rng.below(9) {
+    let k = r.series.len();
+    match rng.below(4) {
         0 => r.totals.stable_errors = v,
         1 => r.totals.canary_requests = v,
-        2 => r.bucket_ms = 0,
-        3 if n > 0 => r.buckets[rng.below(n)].canary.requests = v,
-        4 if n > 0 => r.buckets[rng.below(n)].stable.errors = v,
-        5 if n > 1 => r.buckets.swap(0, n - 1),
-        6 if n > 0 => {
-            let dup = r.buckets[rng.below(n)].clone();
-            r.buckets.push(dup);
+        2 => {
+            // In-flight requests shown that the count does not cover, or out of order.
+            r.in_flight_oldest.push(0);
+            if rng.one_in(2) {
+                r.in_flight = 0;
+            }
         }
-        7 => {
+        _ if k > 1 && rng.one_in(3) => r.series.swap(0, k - 1),
+        _ if k > 0 => {
+            let i = rng.below(k);
+            tamper_series(rng, &mut r.series[i], &mut r.totals, v);
+        }
+        _ => r.totals.stable_errors = v,
+    }
+}
+
+fn tamper_series(rng: &mut Rng, s: &mut Series, totals: &mut Totals, v: u64) {
+    let n = s.buckets.len();
+    match rng.below(7) {
+        0 => s.bucket_ms = 0,
+        1 if n > 0 => s.buckets[rng.below(n)].canary.requests = v,
+        2 if n > 0 => s.buckets[rng.below(n)].stable.errors = v,
+        3 if n > 1 => s.buckets.swap(0, n - 1),
+        4 if n > 0 => {
+            let dup = s.buckets[rng.below(n)].clone();
+            s.buckets.push(dup);
+        }
+        5 => {
             // A bucket whose counts the totals do not include.
-            let start = r.buckets.last().map_or(0, |b| b.start_ms + 1);
+            let start = s.buckets.last().map_or(0, |b| b.start_ms + 1);
             let mut canary = Tally::default();
             canary.record(500, 1_000);
-            r.buckets.push(Bucket {
+            s.buckets.push(Bucket {
                 start_ms: start,
                 stable: Tally::default(),
                 canary,
@@ -213,9 +256,9 @@ fn tamper(rng: &mut Rng, r: &mut SlotRecord) {
             let count = if rng.one_in(2) { u32::MAX } else { 1 };
             let latency = Histogram::from_entries(vec![(7, count)]).unwrap();
             let requests = u64::from(count) + rng.below(3) as u64;
-            r.totals.canary_requests = r.totals.canary_requests.saturating_add(requests);
-            r.buckets.push(Bucket {
-                start_ms: r.buckets.last().map_or(0, |b| b.start_ms + 1),
+            totals.canary_requests = totals.canary_requests.saturating_add(requests);
+            s.buckets.push(Bucket {
+                start_ms: s.buckets.last().map_or(0, |b| b.start_ms + 1),
                 stable: Tally::default(),
                 canary: Tally {
                     requests,
@@ -273,8 +316,9 @@ fn sample_states() -> Vec<(&'static str, CanaryState)> {
 /// A slot with `buckets` buckets of `spread` latency buckets per side.
 fn sample_slot(owner: u64, buckets: u64, spread: u64) -> SlotRecord {
     let bucket_ms = 157;
-    let mut r = SlotRecord::new(owner, bucket_ms);
+    let mut r = SlotRecord::new(owner, &[10_000]);
     r.reserved = 1_700_000_060_000;
+    r.origin_ms = 1_700_000_000_000;
     for b in 0..buckets {
         let now = 1_700_000_000_000 + b * bucket_ms;
         for i in 0..spread {
@@ -294,8 +338,21 @@ fn sample_slot(owner: u64, buckets: u64, spread: u64) -> SlotRecord {
 fn sample_slots() -> Vec<(&'static str, SlotRecord)> {
     let mut released = sample_slot(7, 3, 4);
     released.owner = 0;
+    let mut mixed = SlotRecord::new(5, &[10_000, 3_600_000]);
+    mixed.origin_ms = 1_700_000_000_000;
+    for i in 0..6u64 {
+        mixed.record(
+            1_700_000_000_000 + i * 900,
+            Side::Canary,
+            if i == 3 { 503 } else { 200 },
+            1_000 + i,
+        );
+    }
+    mixed.in_flight = 3;
+    mixed.in_flight_oldest = vec![1_700_000_000_100, 1_700_000_000_100, 1_700_000_004_000];
     vec![
-        ("empty", SlotRecord::new(42, 100)),
+        ("empty", SlotRecord::new(42, &[6_400])),
+        ("mixed-windows-in-flight", mixed),
         ("small", sample_slot(42, 2, 3)),
         ("released", released),
         ("medium", sample_slot(0x0123_4567_89ab_cdef, 12, 8)),
