@@ -216,3 +216,40 @@ def test_a_slow_regex_on_a_huge_header_is_skipped_not_run(launcher, backends):
     # A short value still runs the regex (and matches).
     assert harness.summarize(proxy.send(5, headers={"x-ab": "abz"})) == {"canary/200": 5}
     assert stat(proxy, "match_budget_exhausted") == 3
+
+
+# ---- a canary that hangs -------------------------------------------------------------------
+
+def test_a_hanging_canary_is_rolled_back_without_a_route_timeout(launcher, backends):
+    # Half of the canary's requests hang 30 s and no route timeout ends them. They used to be
+    # judged only once they completed (the analysis saw the other half, 0 errors, and
+    # promoted). Now a canary request in flight past the request-duration max counts as slow
+    # at every check, past requestTimeout as an error.
+    backends.set_canary_fault(delay_ms=30_000, delay_percent=50)
+    cfg = canary_cfg(threshold=2, stepWeights=[50, 60, 70], requestTimeout="2s")
+    proxy = harness.Proxy(launcher.tmp_path, backends, cfg, canary_route_timeout="0s")
+    launcher._track(proxy).start()
+    load = harness.LoadGenerator(proxy.url + "/", rate=60, connections=16, timeout=8.0)
+    with load:
+        wait_phase(proxy, FAILED, timeout=20)
+    rollback = [l for l in proxy.log_text().splitlines() if "rolling back" in l]
+    assert rollback and "request-duration" in rollback[0], rollback
+    assert stat(proxy, "promotions") == 0
+
+
+# ---- windows of any length --------------------------------------------------------------------
+
+def test_long_and_mixed_windows_promote_a_healthy_canary(launcher, backends):
+    # A 24 h window used to be cut into 1,350 s buckets counted only once they started after
+    # the analysis: 3 "no traffic" checks and a rollback of a healthy canary. Each window now
+    # has its own series, cut from the analysis start.
+    cfg = canary_cfg(threshold=2, stepWeights=[10, 20, 30], metrics=[
+        {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "24h"},
+        {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "10s"},
+        {"name": "request-duration", "thresholdRange": {"max": 500}, "interval": "1h"},
+    ])
+    proxy = launcher.proxy(backends, cfg)
+    with proxy.load(rate=120, connections=4):
+        wait_phase(proxy, SUCCEEDED, timeout=20)
+    halts = [l for l in proxy.log_text().splitlines() if "halt advancement" in l or "rolling back" in l]
+    assert not halts, halts
