@@ -2,11 +2,13 @@
 //! worker-local tally, and publishes on its tick (never a shared write on the request path).
 
 use crate::config::Config;
+use crate::hashing::{fnv1a, FNV_OFFSET};
 use crate::hashing::{mix64, Xorshift64};
 use crate::host::{SharedStore, Stat, Telemetry};
 use crate::outcome::{is_error, Outcome, Side};
 use crate::routing::{decide, Decision};
 use crate::state::CanaryState;
+use crate::store::served;
 use crate::store::slots::{Publish, SlotPublisher};
 use crate::store::{registry, Keys};
 use crate::tally::{Totals, MAX_IN_FLIGHT_SHOWN};
@@ -24,6 +26,11 @@ pub struct Worker {
     pub cfg: Config,
     keys: Keys,
     raw_config: Vec<u8>,
+    /// FNV-1a of `raw_config`: this configuration's entry in `store::served`.
+    config_hash: u64,
+    /// A request was routed since this worker last renewed its `served` entry, and when that was.
+    routed: bool,
+    served_renewed_ms: Option<u64>,
     publisher: SlotPublisher,
     /// Outcomes recorded since the last tick, not yet added to the Envoy counters.
     unreported: Totals,
@@ -50,6 +57,9 @@ impl Worker {
         let windows = cfg.analysis.windows_ms();
         Worker {
             keys: Keys::new(&cfg.name),
+            config_hash: fnv1a(FNV_OFFSET, &raw_config),
+            routed: false,
+            served_renewed_ms: None,
             cfg,
             raw_config,
             publisher: SlotPublisher::new(token, &windows),
@@ -103,6 +113,7 @@ impl Worker {
         }
         // A cheap per-worker xorshift stream seeded from the random token, whitened by mix64.
         let draw = mix64(self.rng.next_u64());
+        self.routed = true;
         let d = decide(&self.cfg, self.state.as_ref(), header, draw);
         self.budget_exhausted += u64::from(d.budget_exhausted);
         // Buckets are cut from this revision's analysis start.
@@ -187,6 +198,7 @@ impl Worker {
     pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
         self.now_ms = now_ms;
         self.publish_config(store, tel, now_ms);
+        self.renew_served(store, tel, now_ms);
         self.report_counters(tel);
         self.show_in_flight();
         if !self.dirty {
@@ -236,6 +248,36 @@ impl Worker {
                 );
             }
             self.config_checked_ms = Some(now_ms);
+        }
+    }
+
+    /// Says, at most every `served::RENEW_MS`, that this configuration routes requests, and
+    /// republishes it when the published one has routed none for `served::QUIET_MS` while this
+    /// one has (a configuration reverted while the old listener drains: see `store::served`).
+    fn renew_served(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+        let due = self
+            .served_renewed_ms
+            .is_none_or(|t| now_ms >= t + served::RENEW_MS);
+        if !self.routed || !due {
+            return;
+        }
+        self.routed = false;
+        self.served_renewed_ms = Some(now_ms);
+        let record = served::renew(store, &self.keys.served, self.config_hash, now_ms);
+        let Ok(Some((published, cas))) = store.get(&self.keys.config) else {
+            return;
+        };
+        let published_hash = fnv1a(FNV_OFFSET, &published);
+        if served::should_take_over(&record, self.config_hash, published_hash, now_ms)
+            && store.set(&self.keys.config, &self.raw_config, cas).is_ok()
+        {
+            tel.log(
+                crate::host::Level::Info,
+                &format!(
+                    "canary {} rev {}: configuration republished: the published one routed no request for {} ms while this one serves",
+                    self.cfg.name, self.cfg.revision, served::QUIET_MS
+                ),
+            );
         }
     }
 

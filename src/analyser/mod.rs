@@ -270,7 +270,8 @@ impl Analyser {
         let shared = slot_bytes
             + state_bytes
             + value_len(store, &self.keys.lease)
-            + value_len(store, &self.keys.config);
+            + value_len(store, &self.keys.config)
+            + value_len(store, &self.keys.served);
         tel.gauge(name, Stat::SharedBytes, shared);
         self.totals_at_ms = Some(now_ms);
         slots

@@ -5,6 +5,7 @@
 pub mod lease;
 pub mod live;
 pub mod registry;
+pub mod served;
 pub mod slots;
 
 /// Newline-separated names of the canaries whose filters run in this proxy (for the singleton).
@@ -18,6 +19,7 @@ pub struct Keys {
     pub state: String,
     pub lease: String,
     pub config: String,
+    pub served: String,
     slot_prefix: String,
 }
 
@@ -27,6 +29,7 @@ impl Keys {
             state: format!("canary-guard/{canary}/state"),
             lease: format!("canary-guard/{canary}/lease"),
             config: format!("canary-guard/{canary}/config"),
+            served: format!("canary-guard/{canary}/served"),
             slot_prefix: format!("canary-guard/{canary}/slot/"),
         }
     }

@@ -319,3 +319,33 @@ def test_an_invalid_update_is_refused_while_the_valid_configuration_serves(launc
         proxy.wait_for(lambda: stat(proxy, "weight") > weight, 10, "the valid configuration stepping on")
     assert_all_ok(load.timed_records(), "while the invalid update was refused")
     assert stat(proxy, "config_invalid") == 0
+
+
+# ---- a revert while the old listener drains --------------------------------------------------
+
+def test_a_configuration_reverted_during_the_drain_is_the_one_analysed(launcher, backends):
+    # v2 -> v3 -> byte-identical v2 within Envoy's default drain time (600 s). Envoy reuses the
+    # draining v2 filter contexts without configuring them again, so the published
+    # configuration used to stay v3: the analyser promoted v3 while every request ran on v2.
+    # Now the v2 filters republish theirs once v3 has routed nothing for 3 s (store::served).
+    v2 = reload_cfg(interval="1s", stepWeights=STEPS)
+    v3 = copy.deepcopy(v2)
+    v3["revision"] = "v3"
+    proxy = harness.Proxy(launcher.tmp_path, backends, v2, lds=True, drain_time_s=600)
+    launcher._track(proxy).start()
+
+    def started(rev: str) -> int:
+        return proxy.log_text().count(f"canary web rev {rev}: starting analysis")
+
+    with proxy.load(rate=60, connections=2):
+        proxy.wait_for(lambda: started("v2") == 1, 15, "v2's analysis")
+        proxy.update_plugin_config(v3, drained=False)
+        proxy.wait_for(lambda: started("v3") == 1, 15, "v3's analysis")
+        proxy.update_plugin_config(v2, drained=False)
+        proxy.wait_for(lambda: started("v2") == 2, 20, "v2 analysed again after the revert")
+        assert "rev v2: configuration republished" in proxy.log_text()
+        # From then on the analysis follows v2, which is what serves.
+        proxy.wait_for(lambda: stat(proxy, "weight", 0) > 0, 10, "v2 stepping")
+    assert "rev v3: promotion completed" not in proxy.log_text()
+    assert proxy.listener_manager().get("total_filter_chains_draining", 0) + \
+        proxy.listener_manager().get("total_listeners_draining", 0) > 0, "the old listeners still drain"
