@@ -11,9 +11,11 @@ use crate::state::CanaryState;
 use crate::store::served;
 use crate::store::slots::{Publish, SlotPublisher};
 use crate::store::{registry, Keys};
-use crate::tally::{Totals, MAX_IN_FLIGHT_SHOWN};
+use crate::tally::{SlotRecord, Totals, MAX_IN_FLIGHT_SHOWN};
 use std::collections::BTreeMap;
 
+/// A worker that routed nothing this long, with nothing left in its windows, frees its slot.
+pub const IDLE_RELEASE_MS: u64 = 10_000;
 /// How often a worker re-checks that its configuration is the one published for the singleton.
 const CONFIG_REPUBLISH_MS: u64 = 5_000;
 /// How old the worker's copy of the analysis state may get before a request reads it again.
@@ -31,6 +33,8 @@ pub struct Worker {
     /// A request was routed since this worker last renewed its `served` entry, and when that was.
     routed: bool,
     served_renewed_ms: Option<u64>,
+    /// When this worker last routed a request (ms).
+    last_routed_ms: u64,
     publisher: SlotPublisher,
     /// Outcomes recorded since the last tick, not yet added to the Envoy counters.
     unreported: Totals,
@@ -60,6 +64,7 @@ impl Worker {
             config_hash: fnv1a(FNV_OFFSET, &raw_config),
             routed: false,
             served_renewed_ms: None,
+            last_routed_ms: now_ms,
             cfg,
             raw_config,
             publisher: SlotPublisher::new(token, &windows),
@@ -114,6 +119,9 @@ impl Worker {
         // A cheap per-worker xorshift stream seeded from the random token, whitened by mix64.
         let draw = mix64(self.rng.next_u64());
         self.routed = true;
+        if let Some(us) = now_us {
+            self.last_routed_ms = us / 1000;
+        }
         let d = decide(&self.cfg, self.state.as_ref(), header, draw);
         self.budget_exhausted += u64::from(d.budget_exhausted);
         // Buckets are cut from this revision's analysis start.
@@ -201,13 +209,40 @@ impl Worker {
         self.renew_served(store, tel, now_ms);
         self.report_counters(tel);
         self.show_in_flight();
-        if !self.dirty {
-            return;
-        }
+        // Pruned on every tick, so that an idle context's record shrinks too.
+        let buckets = self.publisher.record.buckets().count();
         self.publisher.record.prune(now_ms);
-        if self.publisher.publish(store, &self.keys) == Publish::Written {
-            self.dirty = false;
+        if self.publisher.record.buckets().count() != buckets {
+            self.dirty = true;
         }
+        if self.dirty {
+            if self.publisher.publish(store, &self.keys) == Publish::Written {
+                self.dirty = false;
+            }
+        } else if self.idle(now_ms) {
+            self.release_idle_slot(store);
+        }
+    }
+
+    /// Nothing routed for `IDLE_RELEASE_MS`, nothing in flight, nothing left in any window:
+    /// the slot holds only totals (a draining listener's contexts stay alive for the whole
+    /// drain, 600 s by default, and would otherwise keep their slots).
+    fn idle(&self, now_ms: u64) -> bool {
+        self.publisher.index().is_some()
+            && self.in_flight.is_empty()
+            && now_ms.saturating_sub(self.last_routed_ms) >= IDLE_RELEASE_MS
+            && self.publisher.record.buckets().next().is_none()
+    }
+
+    /// Frees the slot with its totals for the next context to adopt, and starts an empty
+    /// record: should this context route again, it claims a slot for its new outcomes only,
+    /// so none is counted twice.
+    fn release_idle_slot(&mut self, store: &dyn SharedStore) {
+        self.publisher.release(store, &self.keys);
+        let r = &self.publisher.record;
+        let mut fresh = SlotRecord::new(r.owner, &self.cfg.analysis.windows_ms());
+        fresh.origin_ms = r.origin_ms;
+        self.publisher.record = fresh;
     }
 
     /// Makes this configuration visible to the analyser (a bootstrap singleton's own
@@ -407,6 +442,36 @@ mod tests {
         w.route(&s, &mut none, None);
         w.route(&s, &mut none, None);
         assert_eq!(s.reads.get(), reads + 2);
+    }
+
+    #[test]
+    fn an_idle_worker_frees_its_slot_and_no_outcome_is_counted_twice() {
+        let s = FakeStore::default();
+        let mut t = FakeTelemetry::default();
+        let mut w = worker(1);
+        w.route(&s, &mut none, Some(0));
+        w.record(Side::Stable, 200, 1000);
+        w.tick(&s, &mut t, 100);
+        assert_eq!(w.slot_index(), Some(0));
+        // Idle past the windows (10 s) and IDLE_RELEASE_MS: released, totals kept in the slot.
+        w.tick(&s, &mut t, 20_000);
+        w.tick(&s, &mut t, 20_100);
+        assert_eq!(w.slot_index(), None);
+        let slot = SlotRecord::decode(&s.raw("canary-guard/web/slot/0").unwrap()).unwrap();
+        assert_eq!((slot.owner, slot.totals.stable_requests), (0, 1));
+        // Another context adopts the slot; the idle one routes again and gets another: the
+        // totals over all slots are still exact.
+        let mut other = worker(2);
+        other.record(Side::Stable, 200, 1000);
+        other.tick(&s, &mut t, 20_200);
+        assert_eq!(other.slot_index(), Some(0));
+        w.route(&s, &mut none, Some(20_300_000));
+        w.record(Side::Stable, 200, 1000);
+        w.tick(&s, &mut t, 20_400);
+        assert_eq!(w.slot_index(), Some(1));
+        let (slots, _, _) = crate::store::slots::read_all(&s, &Keys::new("web"));
+        let total: u64 = slots.iter().map(|r| r.totals.stable_requests).sum();
+        assert_eq!(total, 3);
     }
 
     #[test]

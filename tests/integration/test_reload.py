@@ -349,3 +349,27 @@ def test_a_configuration_reverted_during_the_drain_is_the_one_analysed(launcher,
     assert "rev v3: promotion completed" not in proxy.log_text()
     assert proxy.listener_manager().get("total_filter_chains_draining", 0) + \
         proxy.listener_manager().get("total_listeners_draining", 0) > 0, "the old listeners still drain"
+
+
+# ---- churn -------------------------------------------------------------------------------------
+
+def test_shared_data_stays_bounded_across_a_thousand_listener_updates(launcher, backends):
+    # Each update creates new filter contexts (and slots) while the old ones drain; slots are
+    # freed and adopted, idle ones released, buckets pruned on every tick. shared_bytes (what
+    # the analyser reads: slots, state, lease, config, served) must not grow with the updates.
+    cfg = reload_cfg()
+    proxy = harness.Proxy(launcher.tmp_path, backends, cfg, lds=True, drain_time_s=1)
+    launcher._track(proxy).start()
+    samples = {}
+    with proxy.load(rate=50, connections=2):
+        wait_phase(proxy, PROGRESSING)
+        for i in range(1, 1001):
+            c = copy.deepcopy(cfg)
+            c["analysis"]["metrics"][0]["thresholdRange"]["min"] = 90 + i % 9
+            proxy.update_plugin_config(c, drained=False)
+            if i in (100, 1000):
+                time.sleep(2.5)  # a couple of drains and windows: the steady state
+                samples[i] = stat(proxy, "shared_bytes")
+    print(f"\nshared_bytes after 100 updates {samples[100]} B, after 1000 {samples[1000]} B")
+    assert samples[1000] <= max(1.25 * samples[100], samples[100] + 2048), samples
+    assert proxy.listener_manager()["lds.update_success"] >= 1001
