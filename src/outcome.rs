@@ -113,32 +113,21 @@ mod tests {
     #[test]
     fn grpc_server_failures_are_errors_and_request_problems_are_not() {
         let d = GrpcCodes::SERVER_ERRORS;
-        for name in [
+        let server = [
             "UNKNOWN",
             "DEADLINE_EXCEEDED",
             "UNIMPLEMENTED",
             "INTERNAL",
             "UNAVAILABLE",
             "DATA_LOSS",
-        ] {
-            let code = GrpcCodes::code(name).unwrap();
-            assert!(answer_is_error(200, Some(code), d), "{name}");
-        }
-        for name in [
-            "OK",
-            "CANCELLED",
-            "INVALID_ARGUMENT",
-            "NOT_FOUND",
-            "ALREADY_EXISTS",
-            "PERMISSION_DENIED",
-            "RESOURCE_EXHAUSTED",
-            "FAILED_PRECONDITION",
-            "ABORTED",
-            "OUT_OF_RANGE",
-            "UNAUTHENTICATED",
-        ] {
-            let code = GrpcCodes::code(name).unwrap();
-            assert!(!answer_is_error(200, Some(code), d), "{name}");
+        ];
+        for (code, name) in GRPC_CODE_NAMES.iter().enumerate() {
+            assert_eq!(GrpcCodes::code(name), Some(code as u32));
+            assert_eq!(
+                answer_is_error(200, Some(code as u32), d),
+                server.contains(name),
+                "{name}"
+            );
         }
         assert!(
             answer_is_error(503, Some(0), d),

@@ -762,43 +762,19 @@ mod tests {
     #[test]
     fn grpc_server_failures_count_as_errors_from_trailers_or_a_trailers_only_response() {
         use Step::*;
+        // A gRPC call: its status in the trailers, or in the headers (trailers-only).
+        fn call(rig: &mut Rig, in_headers: Option<u32>, trailer: Option<u32>) {
+            let mut steps = vec![(0, Headers { end: true }), (5, Response(200, in_headers))];
+            steps.extend(trailer.map(|t| (6, Trailer(t))));
+            steps.push((6, Log));
+            drive(rig, &steps);
+        }
         let mut rig = Rig::new();
         assert!(rig.configure(&config(&[])));
-        drive(
-            &mut rig,
-            &[
-                (0, Headers { end: true }),
-                (5, Response(200, None)),
-                (6, Trailer(13)),
-                (6, Log),
-            ],
-        );
-        drive(
-            &mut rig,
-            &[
-                (0, Headers { end: true }),
-                (5, Response(200, Some(14))),
-                (6, Log),
-            ],
-        );
-        drive(
-            &mut rig,
-            &[
-                (0, Headers { end: true }),
-                (5, Response(200, None)),
-                (6, Trailer(5)),
-                (6, Log),
-            ],
-        );
-        drive(
-            &mut rig,
-            &[
-                (0, Headers { end: true }),
-                (5, Response(200, None)),
-                (6, Trailer(0)),
-                (6, Log),
-            ],
-        );
+        call(&mut rig, None, Some(13));
+        call(&mut rig, Some(14), None);
+        call(&mut rig, None, Some(5));
+        call(&mut rig, None, Some(0));
         assert_eq!(
             counts(&mut rig),
             (4, 2, 0),
@@ -810,24 +786,8 @@ mod tests {
             "/grpcErrorCodes",
             serde_json::json!(["NOT_FOUND"])
         )])));
-        drive(
-            &mut rig,
-            &[
-                (0, Headers { end: true }),
-                (5, Response(200, None)),
-                (6, Trailer(13)),
-                (6, Log),
-            ],
-        );
-        drive(
-            &mut rig,
-            &[
-                (0, Headers { end: true }),
-                (5, Response(200, None)),
-                (6, Trailer(5)),
-                (6, Log),
-            ],
-        );
+        call(&mut rig, None, Some(13));
+        call(&mut rig, None, Some(5));
         assert_eq!(counts(&mut rig), (2, 1, 0));
     }
 
