@@ -115,7 +115,9 @@ impl SlotPublisher {
         Publish::Deferred
     }
 
-    /// Marks the slot free, keeping its history for the next owner to adopt.
+    /// Marks the slot free, keeping its history for the next owner to adopt. Nothing is in
+    /// flight in a released slot: its owner's streams are over (a request left listed would
+    /// count against the canary at every check).
     pub fn release(&mut self, store: &dyn SharedStore, keys: &Keys) {
         if let Some(i) = self.index.take() {
             let key = keys.slot(i);
@@ -123,6 +125,8 @@ impl SlotPublisher {
                 if SlotRecord::owner_of(&bytes) == Some(self.record.owner) {
                     let mut released = self.record.clone();
                     released.owner = 0;
+                    released.in_flight = 0;
+                    released.in_flight_oldest.clear();
                     let _ignored = store.set(&key, &released.encode(), cas);
                 }
             }
@@ -265,5 +269,19 @@ mod tests {
         s.broken.set(None);
         assert_eq!(a.publish(&s, &k), Publish::Written);
         assert_eq!(total(&s, &k).canary_requests, 1);
+    }
+
+    #[test]
+    fn a_released_slot_lists_nothing_in_flight() {
+        let store = FakeStore::default();
+        let keys = Keys::new("web");
+        let mut a = SlotPublisher::new(1, &[6_400]);
+        a.record.in_flight = 2;
+        a.record.in_flight_oldest = vec![5, 6];
+        assert_eq!(a.publish(&store, &keys), Publish::Written);
+        a.release(&store, &keys);
+        let (slots, _, _) = read_all(&store, &keys);
+        assert_eq!((slots[0].owner, slots[0].in_flight), (0, 0));
+        assert!(slots[0].in_flight_oldest.is_empty());
     }
 }
