@@ -247,6 +247,7 @@ impl Root {
             response_ns: None,
             status: 0,
             grpc_status: None,
+            in_flight_ms: None,
         }
     }
 
@@ -304,6 +305,8 @@ pub struct Stream {
     status: u32,
     /// `grpc-status` of a trailers-only response, or of the trailers.
     grpc_status: Option<u32>,
+    /// Since when (ms) this canary request is complete and unanswered (shown to the analyser).
+    in_flight_ms: Option<u64>,
 }
 
 impl Stream {
@@ -363,8 +366,35 @@ impl Stream {
         }
         self.side = Some(decision.side);
         self.set_cookie = decision.set_cookie;
-        if decision.side == Side::Canary {
-            w.begin_canary(self.started_ns / 1_000_000);
+        drop(w);
+        if end_of_stream {
+            self.awaiting_answer(now);
+        }
+    }
+
+    /// The request is complete (the canary has all of it): from now until the answer it is a
+    /// canary request in flight, which the analysis judges if it waits too long. A request
+    /// still uploading is not: a slow client is not a slow canary.
+    fn awaiting_answer(&mut self, now_ns: Option<u64>) {
+        if self.side != Some(Side::Canary) || self.response_ns.is_some() {
+            return;
+        }
+        let (Some(ns), Some(worker)) = (now_ns, &self.worker) else {
+            return;
+        };
+        if let Ok(mut w) = worker.try_borrow_mut() {
+            let ms = ns / 1_000_000;
+            w.begin_canary(ms);
+            self.in_flight_ms = Some(ms);
+        }
+    }
+
+    /// The canary answered (or the stream ended): no longer in flight.
+    fn answered(&mut self) {
+        if let (Some(ms), Some(worker)) = (self.in_flight_ms.take(), &self.worker) {
+            if let Ok(mut w) = worker.try_borrow_mut() {
+                w.end_canary(ms);
+            }
         }
     }
 
@@ -392,6 +422,7 @@ impl Stream {
     pub fn on_request_end(&mut self, http: &dyn HttpHost, end_of_stream: bool) {
         if end_of_stream && self.side.is_some() && self.request_end_ns.is_none() {
             self.request_end_ns = http.now_ns();
+            self.awaiting_answer(self.request_end_ns);
         }
     }
 
@@ -400,6 +431,7 @@ impl Stream {
     /// here costs far less than the `response.code` property at stream end.
     pub fn on_response_headers(&mut self, http: &mut dyn HttpHost) {
         if self.side.is_some() {
+            self.answered();
             self.response_ns = http.now_ns();
             self.status = status_from_header(http.response_header(":status").as_deref());
             if self.status == 200 {
@@ -428,6 +460,7 @@ impl Stream {
     /// from its last byte to the response headers (the upstream's time, not the client's
     /// upload or download); an abandoned one, how long its client waited after it was complete.
     pub fn on_log(&mut self, http: &dyn HttpHost) {
+        self.answered();
         let (Some(side), Some(worker)) = (self.side, &self.worker) else {
             return;
         };
@@ -453,9 +486,6 @@ impl Stream {
                     .map_or(0, |e| http.now_ns().unwrap_or(e).saturating_sub(e) / 1000),
             },
         };
-        if side == Side::Canary {
-            w.end_canary(self.started_ns / 1_000_000);
-        }
         w.record_outcome(side, outcome);
     }
 }
@@ -789,6 +819,46 @@ mod tests {
         call(&mut rig, None, Some(13));
         call(&mut rig, None, Some(5));
         assert_eq!(counts(&mut rig), (2, 1, 0));
+    }
+
+    #[test]
+    fn a_canary_request_is_in_flight_from_its_last_byte_to_its_answer() {
+        use crate::state::{CanaryState, Phase};
+        let mut rig = Rig::new();
+        assert!(rig.configure(&config(&[])));
+        let all_canary = CanaryState {
+            weight: 100,
+            phase: Phase::Progressing,
+            ..CanaryState::new("v2", 0)
+        };
+        rig.store
+            .put("canary-guard/web/state", &all_canary.encode());
+        let in_flight = |rig: &mut Rig| {
+            rig.tick();
+            rig.store
+                .raw("canary-guard/web/slot/0")
+                .and_then(|b| crate::tally::SlotRecord::decode(&b))
+                .map_or(0, |r| r.in_flight)
+        };
+        let (mut ha, mut hb) = (FakeHttp::default(), FakeHttp::default());
+        let (mut a, mut b) = (rig.root.new_stream(), rig.root.new_stream());
+        a.on_request_headers(&rig.store, &mut ha, true);
+        assert_eq!(ha.request_value("x-canary-upstream"), Some("web-canary"));
+        assert_eq!(in_flight(&mut rig), 1, "a: complete, unanswered");
+        b.on_request_headers(&rig.store, &mut hb, false);
+        assert_eq!(
+            in_flight(&mut rig),
+            1,
+            "b: still uploading, not the canary's wait"
+        );
+        b.on_request_end(&hb, true);
+        assert_eq!(in_flight(&mut rig), 2);
+        ha.response.insert(":status".into(), b"200".to_vec());
+        a.on_response_headers(&mut ha);
+        assert_eq!(in_flight(&mut rig), 1, "a answered");
+        a.on_log(&ha);
+        b.on_log(&hb);
+        assert_eq!(in_flight(&mut rig), 0, "b ended without an answer");
     }
 
     #[test]
