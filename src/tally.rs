@@ -220,9 +220,9 @@ pub struct SlotRecord {
     pub origin_ms: u64,
     /// One series per distinct metric window, sorted by window, windows distinct.
     pub series: Vec<Series>,
-    /// Canary requests of this worker not finished yet, and the start (ms) of the oldest of
-    /// them (at most `MAX_IN_FLIGHT_SHOWN`, oldest first): a canary that hangs is judged on
-    /// them before they end.
+    /// Canary requests of this worker complete and unanswered, and since when (ms) the oldest
+    /// of them wait (at most `MAX_IN_FLIGHT_SHOWN`, oldest first): a canary that hangs is
+    /// judged on them before they end.
     pub in_flight: u32,
     pub in_flight_oldest: Vec<u64>,
 }

@@ -2,8 +2,7 @@
 //! worker-local tally, and publishes on its tick (never a shared write on the request path).
 
 use crate::config::Config;
-use crate::hashing::{fnv1a, FNV_OFFSET};
-use crate::hashing::{mix64, Xorshift64};
+use crate::hashing::{fnv1a, mix64, Xorshift64, FNV_OFFSET};
 use crate::host::{SharedStore, Stat, Telemetry};
 use crate::outcome::{is_error, Outcome, Side};
 use crate::routing::{decide, Decision};
@@ -48,7 +47,8 @@ pub struct Worker {
     rng: Xorshift64,
     now_ms: u64,
     config_checked_ms: Option<u64>,
-    /// Canary requests not finished yet: start (ms) -> how many; changed since the last tick.
+    /// Canary requests complete and unanswered: since (ms) -> how many; changed since the last
+    /// tick.
     in_flight: BTreeMap<u64, u32>,
     in_flight_changed: bool,
     /// The state as last read, and when (host clock, µs).
@@ -158,19 +158,20 @@ impl Worker {
         }
     }
 
-    /// A canary request started at `start_ms` (host clock) is on its way: until it finishes it
+    /// A canary request complete since `since_ms` (host clock) awaits its answer: until then it
     /// is shown in the slot, so that the analyser can judge it if it hangs.
-    pub fn begin_canary(&mut self, start_ms: u64) {
-        *self.in_flight.entry(start_ms).or_insert(0) += 1;
+    pub fn begin_canary(&mut self, since_ms: u64) {
+        *self.in_flight.entry(since_ms).or_insert(0) += 1;
         self.in_flight_changed = true;
     }
 
-    /// The canary request started at `start_ms` finished (its outcome is recorded apart).
-    pub fn end_canary(&mut self, start_ms: u64) {
-        if let Some(n) = self.in_flight.get_mut(&start_ms) {
+    /// The canary request complete since `since_ms` was answered or ended (its outcome is
+    /// recorded apart).
+    pub fn end_canary(&mut self, since_ms: u64) {
+        if let Some(n) = self.in_flight.get_mut(&since_ms) {
             *n -= 1;
             if *n == 0 {
-                self.in_flight.remove(&start_ms);
+                self.in_flight.remove(&since_ms);
             }
         }
         self.in_flight_changed = true;
