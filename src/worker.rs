@@ -11,7 +11,6 @@ use crate::store::served;
 use crate::store::slots::{Publish, SlotPublisher};
 use crate::store::{registry, Keys};
 use crate::tally::{SlotRecord, Totals, MAX_IN_FLIGHT_SHOWN};
-use std::collections::BTreeMap;
 
 /// A worker that routed nothing this long, with nothing left in its windows, frees its slot.
 pub const IDLE_RELEASE_MS: u64 = 10_000;
@@ -47,9 +46,9 @@ pub struct Worker {
     rng: Xorshift64,
     now_ms: u64,
     config_checked_ms: Option<u64>,
-    /// Canary requests complete and unanswered: since (ms) -> how many; changed since the last
-    /// tick.
-    in_flight: BTreeMap<u64, u32>,
+    /// Canary requests complete and unanswered: since when (ms), sorted (a plain vector: a
+    /// map's code would cost the module more than its lookups save); changed since the last tick.
+    in_flight: Vec<u64>,
     in_flight_changed: bool,
     /// The state as last read, and when (host clock, µs).
     state: Option<CanaryState>,
@@ -68,7 +67,7 @@ impl Worker {
             cfg,
             raw_config,
             publisher: SlotPublisher::new(token, &windows),
-            in_flight: BTreeMap::new(),
+            in_flight: Vec::new(),
             in_flight_changed: false,
             unreported: Totals::default(),
             unreadable_states: 0,
@@ -161,18 +160,17 @@ impl Worker {
     /// A canary request complete since `since_ms` (host clock) awaits its answer: until then it
     /// is shown in the slot, so that the analyser can judge it if it hangs.
     pub fn begin_canary(&mut self, since_ms: u64) {
-        *self.in_flight.entry(since_ms).or_insert(0) += 1;
+        // The clock rarely goes back: almost always a push at the end.
+        let at = self.in_flight.partition_point(|t| *t <= since_ms);
+        self.in_flight.insert(at, since_ms);
         self.in_flight_changed = true;
     }
 
     /// The canary request complete since `since_ms` was answered or ended (its outcome is
     /// recorded apart).
     pub fn end_canary(&mut self, since_ms: u64) {
-        if let Some(n) = self.in_flight.get_mut(&since_ms) {
-            *n -= 1;
-            if *n == 0 {
-                self.in_flight.remove(&since_ms);
-            }
+        if let Ok(at) = self.in_flight.binary_search(&since_ms) {
+            self.in_flight.remove(at);
         }
         self.in_flight_changed = true;
     }
@@ -183,16 +181,10 @@ impl Worker {
             return;
         }
         let r = &mut self.publisher.record;
-        r.in_flight = self.in_flight.values().copied().sum();
+        r.in_flight = u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX);
         r.in_flight_oldest.clear();
-        for (start, n) in &self.in_flight {
-            for _ in 0..*n {
-                if r.in_flight_oldest.len() == MAX_IN_FLIGHT_SHOWN {
-                    break;
-                }
-                r.in_flight_oldest.push(*start);
-            }
-        }
+        r.in_flight_oldest
+            .extend(self.in_flight.iter().take(MAX_IN_FLIGHT_SHOWN));
         self.dirty = true;
     }
 
