@@ -26,6 +26,7 @@ pub mod analyser;
 pub mod checksum;
 pub mod codec;
 pub mod config;
+pub mod fleet;
 pub mod hashing;
 pub mod histogram;
 pub mod host;
