@@ -266,7 +266,8 @@ fn main() {
         };
         worker.record(side, 200, LATENCIES[i % 20]);
     });
-    let bucket_ms = bucket_ms_for(affinity.analysis.longest_window_ms());
+    let window_ms = affinity.analysis.windows_ms().last().copied().unwrap();
+    let bucket_ms = bucket_ms_for(window_ms);
     let mut rec = SlotRecord::new(1, &affinity.analysis.windows_ms());
     table.run("SlotRecord::record", || {
         i = i.wrapping_add(1);
@@ -275,7 +276,6 @@ fn main() {
 
     // (d) one publish of a full window (~66 buckets x 2 sides x 20 entries).
     let now = 60_000;
-    let window_ms = affinity.analysis.longest_window_ms();
     let full = full_record(11, bucket_ms, window_ms, now, 200);
     let encoded = full.encode();
     let mut publisher = SlotPublisher::new(11, &[window_ms]);

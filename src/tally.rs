@@ -19,11 +19,9 @@ pub const MIN_BUCKET_MS: u64 = 100;
 /// Decoder bounds: a record claiming more is corrupt.
 const MAX_BUCKETS: usize = 1024;
 
-/// Bucket width for a given longest metric window.
-pub fn bucket_ms_for(longest_window_ms: u64) -> u64 {
-    longest_window_ms
-        .div_ceil(BUCKETS_PER_WINDOW)
-        .max(MIN_BUCKET_MS)
+/// Bucket width for a metric window: a 64th of it, at least `MIN_BUCKET_MS`.
+pub fn bucket_ms_for(window_ms: u64) -> u64 {
+    window_ms.div_ceil(BUCKETS_PER_WINDOW).max(MIN_BUCKET_MS)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -587,7 +585,7 @@ mod tests {
     }
 
     #[test]
-    fn bucket_width_follows_the_longest_window() {
+    fn bucket_width_follows_the_window() {
         assert_eq!(bucket_ms_for(1_000), 100);
         assert_eq!(bucket_ms_for(10_000), 157);
         assert_eq!(bucket_ms_for(3_600_000), 56_250);

@@ -114,6 +114,15 @@ impl Worker {
         if !fresh {
             self.state = self.read_state(store);
             self.state_read_us = now_us;
+            // Buckets are cut from this revision's analysis start (it changes only with the
+            // state, so it is taken from each new read, not on every request).
+            if let Some(s) = self
+                .state
+                .as_ref()
+                .filter(|s| s.revision == self.cfg.revision)
+            {
+                self.publisher.record.origin_ms = s.started_ms;
+            }
         }
         // A cheap per-worker xorshift stream seeded from the random token, whitened by mix64.
         let draw = mix64(self.rng.next_u64());
@@ -123,14 +132,6 @@ impl Worker {
         }
         let d = decide(&self.cfg, self.state.as_ref(), header, draw);
         self.budget_exhausted += u64::from(d.budget_exhausted);
-        // Buckets are cut from this revision's analysis start.
-        if let Some(s) = self
-            .state
-            .as_ref()
-            .filter(|s| s.revision == self.cfg.revision)
-        {
-            self.publisher.record.origin_ms = s.started_ms;
-        }
         d
     }
 

@@ -162,10 +162,9 @@ impl Analysis {
             .min(self.request_timeout_ms)
     }
 
-    /// The longest window any metric looks at: tallies must cover it, and their buckets are cut
-    /// from it. Not the analysis interval: checks read only metric windows, and an interval
-    /// much longer than the windows (1h vs 10s) would cut buckets too coarse for a window.
-    /// Every metric window (each gets its own tally series), else the interval.
+    /// Every metric window (each gets its own tally series), else the interval. Not the
+    /// interval when there are metrics: checks read only metric windows, and an interval much
+    /// longer than the windows (1h vs 10s) would cut buckets too coarse for a window.
     pub fn windows_ms(&self) -> Vec<u64> {
         let mut w: Vec<u64> = self.metrics.iter().map(|m| m.window_ms).collect();
         if w.is_empty() {
@@ -174,13 +173,5 @@ impl Analysis {
         w.sort_unstable();
         w.dedup();
         w
-    }
-
-    pub fn longest_window_ms(&self) -> u64 {
-        self.metrics
-            .iter()
-            .map(|m| m.window_ms)
-            .max()
-            .unwrap_or(self.interval_ms)
     }
 }

@@ -435,8 +435,11 @@ fn invariants(c: &Config) -> Result<(), String> {
             return fail("an empty match rule");
         }
     }
-    let longest = a.longest_window_ms();
-    if longest > MAX_WINDOW_MS || bucket_ms_for(longest) < 100 {
+    // Every window gets a tally series of its own.
+    if a.windows_ms()
+        .iter()
+        .any(|w| *w > MAX_WINDOW_MS || bucket_ms_for(*w) < 100)
+    {
         return fail("a window the tallies cannot hold");
     }
     Ok(())
