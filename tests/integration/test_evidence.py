@@ -243,13 +243,15 @@ def test_long_and_mixed_windows_promote_a_healthy_canary(launcher, backends):
     # A 24 h window used to be cut into 1,350 s buckets counted only once they started after
     # the analysis: 3 "no traffic" checks and a rollback of a healthy canary. Each window now
     # has its own series, cut from the analysis start.
-    cfg = canary_cfg(threshold=2, stepWeights=[10, 20, 30], metrics=[
+    # 20% at 200 req/s: ~20 canary requests by the first check (minRequests 5), so that a
+    # short first window is not "no traffic" by chance.
+    cfg = canary_cfg(threshold=2, stepWeights=[20, 30, 40], metrics=[
         {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "24h"},
         {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "10s"},
         {"name": "request-duration", "thresholdRange": {"max": 500}, "interval": "1h"},
     ])
     proxy = launcher.proxy(backends, cfg)
-    with proxy.load(rate=120, connections=4):
+    with proxy.load(rate=200, connections=4):
         wait_phase(proxy, SUCCEEDED, timeout=20)
     halts = [l for l in proxy.log_text().splitlines() if "halt advancement" in l or "rolling back" in l]
     assert not halts, halts
