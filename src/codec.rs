@@ -90,6 +90,10 @@ impl<'a> Reader<'a> {
         let n = usize::from(self.u8()?);
         String::from_utf8(self.take(n)?.to_vec()).ok()
     }
+    /// `n` raw bytes.
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        self.take(n)
+    }
     pub fn remaining(&self) -> usize {
         self.rest.len()
     }

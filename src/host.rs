@@ -67,10 +67,28 @@ pub enum Stat {
     HostErrorsClearRouteCache,
     /// 1 while this canary's filter runs an invalid configuration inert (everything to stable).
     ConfigInvalid,
+    /// Fleet mode: live replica records the judge summed at its last check.
+    FleetReplicas,
+    /// 1 while this proxy holds the fleet's judge key.
+    FleetJudge,
+    /// etcd calls answered as expected, and failed (no answer, timeout, error, malformed).
+    FleetCallsOk,
+    FleetCallsFailed,
+    /// Duration of the last etcd call (ms).
+    FleetCallLatencyMs,
+    /// Age of the fleet state this proxy follows (ms since it was last read).
+    FleetStateAgeMs,
+    /// 1 while this proxy routes everything to stable because the fleet state is stale or invalid.
+    FleetFallback,
+    /// The fleet totals of the live replicas' records, summed by the judge.
+    FleetTalliedCanaryRequests,
+    FleetTalliedCanary5xx,
+    FleetTalliedStableRequests,
+    FleetTalliedStable5xx,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 24] = [
+    pub const ALL: [Stat; 35] = [
         Stat::Weight,
         Stat::Phase,
         Stat::FailedChecks,
@@ -95,6 +113,17 @@ impl Stat {
         Stat::HostErrorsSetHeader,
         Stat::HostErrorsClearRouteCache,
         Stat::ConfigInvalid,
+        Stat::FleetReplicas,
+        Stat::FleetJudge,
+        Stat::FleetCallsOk,
+        Stat::FleetCallsFailed,
+        Stat::FleetCallLatencyMs,
+        Stat::FleetStateAgeMs,
+        Stat::FleetFallback,
+        Stat::FleetTalliedCanaryRequests,
+        Stat::FleetTalliedCanary5xx,
+        Stat::FleetTalliedStableRequests,
+        Stat::FleetTalliedStable5xx,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -123,6 +152,17 @@ impl Stat {
             Stat::HostErrorsSetHeader => "host_errors.set_header",
             Stat::HostErrorsClearRouteCache => "host_errors.clear_route_cache",
             Stat::ConfigInvalid => "config_invalid",
+            Stat::FleetReplicas => "fleet.replicas",
+            Stat::FleetJudge => "fleet.judge",
+            Stat::FleetCallsOk => "fleet.calls_ok",
+            Stat::FleetCallsFailed => "fleet.calls_failed",
+            Stat::FleetCallLatencyMs => "fleet.call_latency_ms",
+            Stat::FleetStateAgeMs => "fleet.state_age_ms",
+            Stat::FleetFallback => "fleet.fallback",
+            Stat::FleetTalliedCanaryRequests => "fleet.tallied_canary_requests",
+            Stat::FleetTalliedCanary5xx => "fleet.tallied_canary_5xx",
+            Stat::FleetTalliedStableRequests => "fleet.tallied_stable_requests",
+            Stat::FleetTalliedStable5xx => "fleet.tallied_stable_5xx",
         }
     }
 
@@ -138,6 +178,15 @@ impl Stat {
                 | Stat::TalliedStable5xx
                 | Stat::SharedBytes
                 | Stat::ConfigInvalid
+                | Stat::FleetReplicas
+                | Stat::FleetJudge
+                | Stat::FleetCallLatencyMs
+                | Stat::FleetStateAgeMs
+                | Stat::FleetFallback
+                | Stat::FleetTalliedCanaryRequests
+                | Stat::FleetTalliedCanary5xx
+                | Stat::FleetTalliedStableRequests
+                | Stat::FleetTalliedStable5xx
         )
     }
 
@@ -155,8 +204,56 @@ pub trait Telemetry {
     fn define_all(&mut self, _canary: &str) {}
 }
 
+/// One call out of the proxy: POST `path` with a JSON `body` to an Envoy cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct OutCall<'a> {
+    pub cluster: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub body: &'a [u8],
+    pub timeout_ms: u64,
+}
+
+/// Calls out of the proxy (`dispatch_http_call`). The answer comes later, to the same root
+/// context, with the token returned here (`plugin::Root::on_http_call_response`); a call that
+/// fails or times out comes back without a status.
+pub trait HttpCalls {
+    fn post(&mut self, call: &OutCall<'_>) -> Result<u32, HostError>;
+}
+
+/// A root host that offers nothing: no clock, no randomness, no calls (the analyser's
+/// `tick` outside fleet mode, which needs none of them).
+pub struct NoHost;
+
+impl HttpCalls for NoHost {
+    fn post(&mut self, _: &OutCall<'_>) -> Result<u32, HostError> {
+        Err(HostError(0))
+    }
+}
+
+impl RootHost for NoHost {
+    fn now_ns(&self) -> Option<u64> {
+        None
+    }
+    fn random_u64(&self) -> Option<u64> {
+        None
+    }
+    fn set_tick_period_ms(&mut self, _: u32) -> bool {
+        false
+    }
+    fn env_var(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn plugin_name(&self) -> Option<String> {
+        None
+    }
+    fn node_id(&self) -> Option<String> {
+        None
+    }
+}
+
 /// What a root context asks of the host besides shared data and telemetry.
-pub trait RootHost {
+pub trait RootHost: HttpCalls {
     /// Host clock (Unix epoch), `None` when the host cannot tell.
     fn now_ns(&self) -> Option<u64>;
     /// Random bits from the host, `None` when it has none.
@@ -167,6 +264,8 @@ pub trait RootHost {
     fn env_var(&self, name: &str) -> Option<String>;
     /// The Wasm plugin's name (Envoy's `PluginConfig.name`; `<namespace>.<name>` in Istio).
     fn plugin_name(&self) -> Option<String>;
+    /// Envoy's node id (`node.id`), part of a replica's identity in fleet mode.
+    fn node_id(&self) -> Option<String>;
 }
 
 /// What asking the host to clear the route cache did.

@@ -198,7 +198,7 @@ impl Root {
                 if let Ok(mut w) = worker.try_borrow_mut() {
                     w.tick(&store, env.telemetry, now);
                 }
-                analyser.tick(&store, env.telemetry, now);
+                analyser.tick_with(&store, env.telemetry, env.host, now);
                 self.errors.report(&analyser.cfg.name, env.telemetry);
                 beat_if_due(&mut self.beat, &store, now);
             }
@@ -209,8 +209,47 @@ impl Root {
                 self.errors.report(&inert.canary, env.telemetry);
             }
             // The singleton counts host failures per canary it analyses.
-            Role::Singleton(s) => s.tick(env.store, env.telemetry, now),
+            Role::Singleton(s) => s.tick(env.store, env.telemetry, env.host, now),
             Role::Unconfigured => {}
+        }
+    }
+
+    /// The answer to a call this context made (fleet mode's etcd calls); `status` is `None`
+    /// when the call failed (no upstream, reset, timeout).
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        status: Option<u32>,
+        body: &[u8],
+        env: &mut Env<'_>,
+    ) {
+        let now = now_ms(env.host.now_ns());
+        match &mut self.role {
+            Role::Filter { analyser, .. } => {
+                let store = Watched {
+                    store: env.store,
+                    errors: &self.errors,
+                };
+                analyser.on_http_call_response(
+                    token,
+                    status,
+                    body,
+                    &store,
+                    env.telemetry,
+                    env.host,
+                    now,
+                );
+            }
+            Role::Singleton(s) => s.on_http_call_response(
+                token,
+                status,
+                body,
+                env.store,
+                env.telemetry,
+                env.host,
+                now,
+            ),
+            Role::Inert(_) | Role::Unconfigured => {}
         }
     }
 

@@ -15,6 +15,8 @@ pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_HEADERS: u32 = 2;
 pub const RESPONSE_TRAILERS: u32 = 3;
 const PLUGIN_CONFIGURATION: u32 = 7;
+const HTTP_CALL_RESPONSE_BODY: u32 = 4;
+pub const HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
 pub const COUNTER: u32 = 0;
 pub const GAUGE: u32 = 1;
 
@@ -124,10 +126,21 @@ pub fn set_tick_period_ms(ms: u32) -> bool {
 }
 
 pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
+    buffer(PLUGIN_CONFIGURATION, size)
+}
+
+/// The body of the HTTP call response being delivered (`on_http_call_response`).
+pub fn http_call_response_body(size: usize) -> Option<Vec<u8>> {
+    if size == 0 {
+        return Some(Vec::new());
+    }
+    buffer(HTTP_CALL_RESPONSE_BODY, size)
+}
+
+fn buffer(kind: u32, size: usize) -> Option<Vec<u8>> {
     let mut data: *mut u8 = null_mut();
     let mut len: usize = 0;
-    let status =
-        unsafe { proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len) };
+    let status = unsafe { proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut len) };
     match status {
         OK => Some(unsafe { owned(data, len) }),
         _ => None,

@@ -2,7 +2,8 @@
 
 use super::ffi;
 use crate::host::{
-    HostError, HttpHost, Level, RootHost, RouteCache, SetError, SharedStore, Stat, Telemetry,
+    HostError, HttpCalls, HttpHost, Level, OutCall, RootHost, RouteCache, SetError, SharedStore,
+    Stat, Telemetry,
 };
 use hashbrown::HashMap;
 use std::cell::Cell;
@@ -98,6 +99,47 @@ impl RootHost for HostRoot {
     fn plugin_name(&self) -> Option<String> {
         String::from_utf8(ffi::property(&["plugin_name"])?).ok()
     }
+
+    fn node_id(&self) -> Option<String> {
+        String::from_utf8(ffi::property(&["node", "id"])?).ok()
+    }
+}
+
+impl HttpCalls for HostRoot {
+    /// Through the SDK's `dispatch_http_call`, which registers the token with its dispatcher
+    /// (the answer is routed to this root context by it). Envoy answers a call with
+    /// Ok, BadArgument (unknown cluster, missing pseudo-header) or InternalFailure.
+    fn post(&mut self, call: &OutCall<'_>) -> Result<u32, HostError> {
+        let length = call.body.len().to_string();
+        let headers = vec![
+            (":method", "POST"),
+            (":path", call.path),
+            (":authority", call.authority),
+            ("content-type", "application/json"),
+            ("content-length", length.as_str()),
+        ];
+        proxy_wasm::hostcalls::dispatch_http_call(
+            call.cluster,
+            headers,
+            Some(call.body),
+            vec![],
+            std::time::Duration::from_millis(call.timeout_ms),
+        )
+        .map_err(|status| HostError(status as u32))
+    }
+}
+
+/// The status and body of the HTTP call response being delivered; no status when the call
+/// failed (reset, timeout, no upstream: Envoy then delivers no headers).
+pub fn http_call_response(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+    let status = if num_headers == 0 {
+        None
+    } else {
+        ffi::header(ffi::HTTP_CALL_RESPONSE_HEADERS, ":status")
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok())
+    };
+    let body = ffi::http_call_response_body(body_size).unwrap_or_default();
+    (status, body)
 }
 
 thread_local! {

@@ -35,6 +35,18 @@ impl Root {
 }
 
 impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (status, body) = host_impl::http_call_response(num_headers, body_size);
+        let (plugin, mut env) = self.env();
+        plugin.on_http_call_response(token_id, status, &body, &mut env);
+    }
+
     fn on_done(&mut self) -> bool {
         let (plugin, mut env) = self.env();
         plugin.on_done(&mut env);

@@ -8,13 +8,14 @@
 //! 5. `run_check`: measure each metric over its window and step the state machine;
 //! 6. `write`: compare-and-swap the next state, then count and log what happened.
 
+mod fleet;
 mod log;
 mod singleton;
 
 pub use singleton::Singleton;
 
 use crate::config::{Config, MetricCheck, MetricKind};
-use crate::host::{Level, SetError, SharedStore, Stat, Telemetry};
+use crate::host::{Level, RootHost, SetError, SharedStore, Stat, Telemetry};
 use crate::metrics::{evaluate, MetricResult};
 use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
@@ -50,6 +51,8 @@ pub struct Analyser {
     own_config: Option<Vec<u8>>,
     /// Workers only: no lease bid before this time (set on the first tick).
     not_before_ms: Option<u64>,
+    /// Fleet mode: the proxy's part in the fleet protocol (`fleet`), while this one leads.
+    fleet: Option<Box<fleet::Agent>>,
 }
 
 /// The state value as read: decoded or not, its size and the cas to write against.
@@ -65,6 +68,7 @@ impl Analyser {
         Analyser {
             own_config: None,
             not_before_ms: None,
+            fleet: cfg.fleet.clone().map(|f| Box::new(fleet::Agent::new(f, 0))),
             keys: Keys::new(&cfg.name),
             log: CanaryLog::new(&cfg),
             cfg,
@@ -94,10 +98,51 @@ impl Analyser {
     /// token: a singleton that picked up a new configuration).
     pub fn inherit_lead(&mut self, from: &Analyser) {
         self.leading = from.leading;
+        if let (Some(mine), Some(theirs), true) = (
+            self.fleet.as_deref_mut(),
+            from.fleet.as_deref(),
+            from.cfg.revision == self.cfg.revision,
+        ) {
+            mine.inherit(theirs);
+        }
     }
 
+    /// Whether this analyser holds its fleet's judge key (fleet mode only).
+    pub fn is_fleet_judge(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|f| f.is_judge())
+    }
+
+    /// A tick without calls out of the proxy (outside fleet mode, tests).
     pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+        if self.fleet.is_some() {
+            return;
+        }
+        self.tick_with(store, tel, &mut crate::host::NoHost, now_ms);
+    }
+
+    /// One tick; in fleet mode the fleet protocol (`fleet`) replaces the local analysis.
+    pub fn tick_with(
+        &mut self,
+        store: &dyn SharedStore,
+        tel: &mut dyn Telemetry,
+        host: &mut dyn RootHost,
+        now_ms: u64,
+    ) {
         if !self.lead(store, tel, now_ms) {
+            return;
+        }
+        if self.fleet.is_some() {
+            if let Some(agent) = self.fleet.as_deref_mut() {
+                agent.start_clock(now_ms);
+            }
+            self.fleet_tick(store, tel, host, now_ms);
+            if self
+                .totals_at_ms
+                .is_none_or(|t| now_ms >= t + TOTALS_EVERY_MS)
+            {
+                let bytes = value_len(store, &self.keys.state);
+                self.report(store, tel, bytes, now_ms);
+            }
             return;
         }
         let Some(loaded) = self.load_state(store) else {
@@ -284,16 +329,29 @@ impl Analyser {
         slots: &[SlotRecord],
         now_ms: u64,
     ) -> (Vec<MetricResult>, CanaryState, Vec<Event>) {
+        self.run_check_at(state, slots, now_ms, now_ms)
+    }
+
+    /// A check as of `to_ms` (its windows end there and the state records it as the check's
+    /// time) with requests in flight aged at `now_ms`. The fleet judge checks as of one
+    /// publication period back, which every replica has published; a lone proxy as of now.
+    fn run_check_at(
+        &self,
+        state: &CanaryState,
+        slots: &[SlotRecord],
+        to_ms: u64,
+        now_ms: u64,
+    ) -> (Vec<MetricResult>, CanaryState, Vec<Event>) {
         let a = &self.cfg.analysis;
         let results: Vec<_> = a
             .metrics
             .iter()
             .map(|m| {
                 // Only this revision's outcomes: the window never reaches before its start.
-                let from = now_ms.saturating_sub(m.window_ms).max(state.started_ms);
+                let from = to_ms.saturating_sub(m.window_ms).max(state.started_ms);
                 let mut window = Tally::default();
                 for s in slots {
-                    s.window(Side::Canary, m.window_ms, from, now_ms, &mut window);
+                    s.window(Side::Canary, m.window_ms, from, to_ms, &mut window);
                     judge_in_flight(
                         s,
                         m,
@@ -306,7 +364,7 @@ impl Analyser {
                 evaluate(m, a.min_requests, &window)
             })
             .collect();
-        let (next, events) = check(&self.cfg, state, &results, now_ms);
+        let (next, events) = check(&self.cfg, state, &results, to_ms.max(state.last_check_ms));
         (results, next, events)
     }
 

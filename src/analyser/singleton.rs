@@ -3,7 +3,7 @@
 
 use super::Analyser;
 use crate::config;
-use crate::host::{HostErrors, Level, SharedStore, Telemetry, Watched};
+use crate::host::{HostErrors, HttpCalls, Level, RootHost, SharedStore, Telemetry, Watched};
 use crate::store::lease::HolderKind;
 use crate::store::registry::registered;
 use crate::store::Keys;
@@ -25,7 +25,13 @@ impl Singleton {
         }
     }
 
-    pub fn tick(&mut self, store: &dyn SharedStore, tel: &mut dyn Telemetry, now_ms: u64) {
+    pub fn tick(
+        &mut self,
+        store: &dyn SharedStore,
+        tel: &mut dyn Telemetry,
+        host: &mut dyn RootHost,
+        now_ms: u64,
+    ) {
         for name in registered(store) {
             // Host failures met for this canary, reported under its name at the end.
             let errors = HostErrors::default();
@@ -42,7 +48,7 @@ impl Singleton {
             };
             if self.pick_up(&watched, tel, &name, raw) {
                 if let Some((_, a)) = self.analysers.get_mut(&name) {
-                    a.tick(&watched, tel, now_ms);
+                    a.tick_with(&watched, tel, host, now_ms);
                 }
             }
             errors.report(&name, tel);
@@ -99,6 +105,27 @@ impl Singleton {
                 self.refused.insert(name.to_string(), raw);
                 false
             }
+        }
+    }
+
+    /// The answer to an HTTP call one of the analysers made (fleet mode).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        status: Option<u32>,
+        body: &[u8],
+        store: &dyn SharedStore,
+        tel: &mut dyn Telemetry,
+        host: &mut dyn HttpCalls,
+        now_ms: u64,
+    ) {
+        if let Some((_, a)) = self
+            .analysers
+            .values_mut()
+            .find(|(_, a)| a.owns_call(token))
+        {
+            a.on_http_call_response(token, status, body, store, tel, host, now_ms);
         }
     }
 

@@ -461,3 +461,82 @@ fn refuses_what_would_misroute_mislead_or_promote_on_no_evidence() {
             .promote_without_metrics
     );
 }
+
+#[test]
+fn fleet_defaults_and_refusals_name_the_field() {
+    assert_eq!(example().fleet, None);
+    let c = with("/fleet", Some(serde_json::json!({"etcdCluster": "etcd"}))).unwrap();
+    assert_eq!(
+        c.fleet,
+        Some(Fleet {
+            etcd_cluster: "etcd".into(),
+            authority: "etcd".into(),
+            prefix: "/canary-guard".into(),
+            lease_ttl_ms: 5_000,
+            max_staleness_ms: 5_000,
+            timeout_ms: 1_000,
+        })
+    );
+    let full = serde_json::json!({"etcdCluster": "outbound|2379||etcd.infra.svc.cluster.local",
+        "authority": "etcd.example", "prefix": "/cg/prod", "leaseTTL": "10s",
+        "maxStaleness": "3s", "timeout": "500ms"});
+    let f = with("/fleet", Some(full)).unwrap().fleet.unwrap();
+    assert_eq!(
+        (f.authority.as_str(), f.prefix.as_str()),
+        ("etcd.example", "/cg/prod")
+    );
+    assert_eq!(
+        (f.lease_ttl_ms, f.max_staleness_ms, f.timeout_ms),
+        (10_000, 3_000, 500)
+    );
+    use serde_json::json;
+    rejects("/fleet", json!({}), "fleet.etcdCluster", "is required");
+    rejects(
+        "/fleet",
+        json!({"etcdCluster": "a b"}),
+        "fleet.etcdCluster",
+        "\"a b\"",
+    );
+    rejects(
+        "/fleet",
+        json!({"etcdCluster": "e", "prefix": "cg"}),
+        "fleet.prefix",
+        "\"cg\"",
+    );
+    rejects(
+        "/fleet",
+        json!({"etcdCluster": "e", "prefix": "/cg/"}),
+        "fleet.prefix",
+        "\"/cg/\"",
+    );
+    rejects(
+        "/fleet",
+        json!({"etcdCluster": "e", "leaseTTL": "1s"}),
+        "fleet.leaseTTL",
+        "\"1s\"",
+    );
+    rejects(
+        "/fleet",
+        json!({"etcdCluster": "e", "leaseTTL": "2500ms"}),
+        "fleet.leaseTTL",
+        "whole seconds",
+    );
+    rejects(
+        "/fleet",
+        json!({"etcdCluster": "e", "timeout": "3s"}),
+        "fleet.timeout",
+        "a third of fleet.leaseTTL",
+    );
+    rejects(
+        "/fleet",
+        json!({"etcdCluster": "e", "maxStaleness": "soon"}),
+        "fleet.maxStaleness",
+        "soon",
+    );
+    rejects(
+        "/fleet",
+        json!({"etcdCluster": "e", "ttl": "5s"}),
+        "fleet.ttl",
+        "unknown field",
+    );
+}

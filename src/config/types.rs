@@ -47,6 +47,22 @@ pub struct Config {
     pub approved_until: Option<Approval>,
     /// gRPC status codes that count as errors.
     pub grpc_error_codes: GrpcCodes,
+    /// Fleet mode (`fleet`): the decision is kept in etcd and shared by every replica.
+    pub fleet: Option<Fleet>,
+}
+
+/// `fleet`: where the fleet's shared decision is kept (etcd v3 through its HTTP gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// The Envoy cluster that reaches etcd's client port.
+    pub etcd_cluster: String,
+    /// `:authority` of the calls (default: the cluster name).
+    pub authority: String,
+    /// Key prefix, starts with '/', no trailing '/'.
+    pub prefix: String,
+    pub lease_ttl_ms: u64,
+    pub max_staleness_ms: u64,
+    pub timeout_ms: u64,
 }
 
 /// What a root context was configured as.

@@ -49,8 +49,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         return err("role", "\"analyser\" takes no other fields: use {\"role\": \"analyser\"} for the bootstrap singleton");
     }
     let grpc_error_codes = check_grpc_codes(raw.grpc_error_codes)?;
+    let fleet = raw.fleet.map(|f| check_fleet(f.0)).transpose()?;
     Ok(Config {
         grpc_error_codes,
+        fleet,
         name,
         revision,
         upstreams,
@@ -87,6 +89,95 @@ fn check_grpc_codes(raw: Option<Vec<Value>>) -> Result<GrpcCodes, ConfigError> {
         }
     }
     Ok(codes)
+}
+
+/// `fleet`: etcdCluster required; the durations bounded so that a lease outlives its renewals
+/// (renewed every third of its TTL) and a call ends before the next is due.
+fn check_fleet(raw: RawFleet) -> Result<Fleet, ConfigError> {
+    let etcd_cluster = match raw.etcd_cluster {
+        Some(c) if is_cluster_name(&c) => c,
+        Some(c) => {
+            return err(
+                "fleet.etcdCluster",
+                format!("{c:?} is not an Envoy cluster name (1 to 255 visible ASCII characters)"),
+            )
+        }
+        None => {
+            return err(
+                "fleet.etcdCluster",
+                "is required: the Envoy cluster that reaches etcd's client port",
+            )
+        }
+    };
+    let authority = match raw.authority {
+        None => etcd_cluster.clone(),
+        Some(a) if is_cluster_name(&a) => a,
+        Some(a) => {
+            return err(
+                "fleet.authority",
+                format!("{a:?} must be 1 to 255 visible ASCII characters (a host name)"),
+            )
+        }
+    };
+    let prefix = raw.prefix.unwrap_or_else(|| "/canary-guard".into());
+    let prefix_ok = prefix.starts_with('/')
+        && !prefix.ends_with('/')
+        && prefix.len() <= 128
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+    if !prefix_ok {
+        return err(
+            "fleet.prefix",
+            format!("{prefix:?} must start with '/', not end with '/', and be at most 128 characters of [A-Za-z0-9/._-]"),
+        );
+    }
+    let ms = |field: &str, v: Option<String>, default: u64, min: u64, max: u64| {
+        let Some(text) = v else {
+            return Ok(default);
+        };
+        match parse_millis(&text) {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            Ok(_) => err(
+                field,
+                format!(
+                    "{text:?} must be between {}s and {}s",
+                    min as f64 / 1000.0,
+                    max / 1000
+                ),
+            ),
+            Err(e) => err(field, e),
+        }
+    };
+    let lease_ttl_ms = ms("fleet.leaseTTL", raw.lease_ttl, 5_000, 2_000, 3_600_000)?;
+    if lease_ttl_ms % 1000 != 0 {
+        return err(
+            "fleet.leaseTTL",
+            format!("{lease_ttl_ms}ms is not whole seconds (etcd leases are granted in seconds)"),
+        );
+    }
+    let max_staleness_ms = ms(
+        "fleet.maxStaleness",
+        raw.max_staleness,
+        5_000,
+        500,
+        3_600_000,
+    )?;
+    let timeout_ms = ms("fleet.timeout", raw.timeout, 1_000, 50, 60_000)?;
+    if timeout_ms * 3 > lease_ttl_ms {
+        return err(
+            "fleet.timeout",
+            format!("{timeout_ms}ms must be at most a third of fleet.leaseTTL ({lease_ttl_ms}ms): the lease is renewed every third of its TTL"),
+        );
+    }
+    Ok(Fleet {
+        etcd_cluster,
+        authority,
+        prefix,
+        lease_ttl_ms,
+        max_staleness_ms,
+        timeout_ms,
+    })
 }
 
 fn check_approval(text: String) -> Result<Approval, ConfigError> {

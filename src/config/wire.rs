@@ -65,6 +65,21 @@ pub(super) struct RawConfig {
     /// gRPC codes counted as errors, by name or number (default: the server failures).
     #[serde(default)]
     pub(super) grpc_error_codes: Option<Vec<Value>>,
+    /// Fleet mode: one decision for every replica, kept in etcd.
+    #[serde(default)]
+    pub(super) fleet: Option<Obj<RawFleet>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawFleet {
+    pub(super) etcd_cluster: Option<String>,
+    pub(super) authority: Option<String>,
+    pub(super) prefix: Option<String>,
+    #[serde(rename = "leaseTTL")]
+    pub(super) lease_ttl: Option<String>,
+    pub(super) max_staleness: Option<String>,
+    pub(super) timeout: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -124,6 +124,19 @@ pub fn fenced_put(
     )
 }
 
+/// Reads `a` and `b` in one txn (no compare: the success branch runs), at one revision.
+pub fn read_both(a: &[u8], b: &[u8]) -> Request {
+    request(
+        "/v3/kv/txn",
+        json!({
+            "success": [
+                {"request_range": {"key": base64::encode(a)}},
+                {"request_range": {"key": base64::encode(b)}},
+            ],
+        }),
+    )
+}
+
 /// A key-value pair as etcd returned it, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kv {
@@ -254,6 +267,12 @@ pub fn parse_range(status: Option<u32>, response: &[u8]) -> Result<Range, EtcdEr
         revision: revision(&v)?,
         kvs: kvs(v.get("kvs"))?,
     })
+}
+
+/// A put's answer: only whether etcd took it.
+pub fn parse_put(status: Option<u32>, response: &[u8]) -> Result<i64, EtcdError> {
+    let v = body(status, response)?;
+    revision(&v)
 }
 
 pub fn parse_txn(status: Option<u32>, response: &[u8]) -> Result<Txn, EtcdError> {

@@ -1,5 +1,117 @@
-//! Fleet mode (issue 12, in progress): one canary decision for every Envoy replica of a
-//! service, kept in etcd. So far only the etcd client's wire format (`etcd`); nothing in the
-//! module calls it yet.
+//! Fleet mode: one canary decision for every Envoy replica of a service, kept in etcd.
+//!
+//! - `etcd`: the etcd v3 gateway's requests and validated responses;
+//! - `record`: what each replica publishes (its proxy's tallies) and how the judge sums them;
+//! - `FleetKeys` and the replica identity (here).
+//!
+//! The protocol itself (lease, judge election, fenced state writes, followers) runs in the
+//! analyser (`analyser::fleet`), which makes the calls through the host.
 
 pub mod etcd;
+pub mod record;
+
+/// Where one revision of one canary keeps its fleet data:
+/// `<prefix>/<canary>/state/<revision>` (the decision, durable),
+/// `<prefix>/<canary>/judge/<revision>` (the judge's election key, on its lease),
+/// `<prefix>/<canary>/replicas/<revision>/<replica>` (each replica's tallies, on its lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetKeys {
+    pub state: Vec<u8>,
+    pub judge: Vec<u8>,
+    /// Every replica record of the revision starts with this (ends with '/').
+    pub replicas: Vec<u8>,
+    /// This replica's record.
+    pub replica: Vec<u8>,
+    /// Every revision's state key starts with this (for the clean-up of old revisions).
+    pub states: Vec<u8>,
+}
+
+impl FleetKeys {
+    pub fn new(prefix: &str, canary: &str, revision: &str, replica: &str) -> Self {
+        let rev = escape(revision);
+        let states = format!("{prefix}/{canary}/state/");
+        let replicas = format!("{prefix}/{canary}/replicas/{rev}/");
+        FleetKeys {
+            state: format!("{states}{rev}").into_bytes(),
+            judge: format!("{prefix}/{canary}/judge/{rev}").into_bytes(),
+            replica: format!("{replicas}{}", escape(replica)).into_bytes(),
+            replicas: replicas.into_bytes(),
+            states: states.into_bytes(),
+        }
+    }
+}
+
+/// A key segment: bytes outside `[A-Za-z0-9._-]` as `%XX`, so that a revision holding a '/'
+/// cannot reach into another revision's keys.
+pub fn escape(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// This replica's identity in the fleet: the Envoy node id (made key-safe, at most 64
+/// characters) and 8 hex digits of randomness, so two proxies with one node id stay apart.
+pub fn replica_id(node_id: Option<&str>, random: u64) -> String {
+    let node: String = node_id
+        .unwrap_or("envoy")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let node = if node.is_empty() {
+        "envoy".into()
+    } else {
+        node
+    };
+    format!("{node}-{:08x}", (random >> 32) as u32 ^ random as u32)
+}
+
+/// How often a follower reads the fleet state: half an interval, between 200 ms and 1 s.
+pub fn poll_ms(interval_ms: u64) -> u64 {
+    (interval_ms / 2).clamp(200, 1_000)
+}
+
+/// How often a replica publishes its tallies: half an interval, between 500 ms and 5 s. The
+/// judge's windows end this long before its check, so that every replica has published them.
+pub fn publish_ms(interval_ms: u64) -> u64 {
+    (interval_ms / 2).clamp(500, 5_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_namespaced_and_a_revision_cannot_reach_into_another() {
+        let k = FleetKeys::new("/cg", "web", "v2", "node-1-0000abcd");
+        assert_eq!(k.state, b"/cg/web/state/v2");
+        assert_eq!(k.judge, b"/cg/web/judge/v2");
+        assert_eq!(k.replicas, b"/cg/web/replicas/v2/");
+        assert_eq!(k.replica, b"/cg/web/replicas/v2/node-1-0000abcd");
+        let nested = FleetKeys::new("/cg", "web", "v2/x", "r");
+        assert_eq!(nested.replicas, b"/cg/web/replicas/v2%2Fx/");
+        assert!(!nested.replica.starts_with(&k.replicas));
+    }
+
+    #[test]
+    fn replica_ids_are_key_safe_and_carry_randomness() {
+        assert_eq!(
+            replica_id(Some("sidecar~10.0.0.1~web-1.prod"), 0x1234_5678_0000_0000),
+            "sidecar_10.0.0.1_web-1.prod-12345678"
+        );
+        assert_eq!(replica_id(None, 1), "envoy-00000001");
+        assert_ne!(replica_id(Some("a"), 1), replica_id(Some("a"), 2));
+    }
+}

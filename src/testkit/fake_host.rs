@@ -3,7 +3,8 @@
 //! bits, and an HTTP stream's header maps.
 
 use crate::host::{
-    HostError, HttpHost, Level, RootHost, RouteCache, SetError, SharedStore, Stat, Telemetry,
+    HostError, HttpCalls, HttpHost, Level, OutCall, RootHost, RouteCache, SetError, SharedStore,
+    Stat, Telemetry,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -115,6 +116,11 @@ pub struct FakeRoot {
     pub env: HashMap<String, String>,
     /// The Wasm plugin's name (`None`: the host will not tell).
     pub plugin_name: Option<String>,
+    pub node_id: Option<String>,
+    /// Calls made so far, and whether the host refuses new ones.
+    pub calls: Vec<SentCall>,
+    pub refuse_calls: bool,
+    pub next_token: u32,
 }
 
 impl RootHost for FakeRoot {
@@ -134,6 +140,36 @@ impl RootHost for FakeRoot {
     fn plugin_name(&self) -> Option<String> {
         self.plugin_name.clone()
     }
+    fn node_id(&self) -> Option<String> {
+        self.node_id.clone()
+    }
+}
+
+impl HttpCalls for FakeRoot {
+    fn post(&mut self, call: &OutCall<'_>) -> Result<u32, HostError> {
+        if self.refuse_calls {
+            return Err(HostError(2));
+        }
+        self.next_token += 1;
+        self.calls.push(SentCall {
+            token: self.next_token,
+            cluster: call.cluster.to_string(),
+            path: call.path.to_string(),
+            body: call.body.to_vec(),
+            timeout_ms: call.timeout_ms,
+        });
+        Ok(self.next_token)
+    }
+}
+
+/// A call the plugin made through `FakeRoot` (answered by the test, or never).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentCall {
+    pub token: u32,
+    pub cluster: String,
+    pub path: String,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
 }
 
 /// One HTTP stream's header maps and clock (lower-case header names).

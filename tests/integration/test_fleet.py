@@ -1,0 +1,268 @@
+"""Fleet mode end to end: a real etcd 3.4 and three real Envoys (--concurrency 2), each with
+canary-guard's filter and singleton, all following one decision kept in etcd.
+
+Every wait is on stats or logs; figures (propagation, failover, fallback) are printed for the
+record (`-s`), never asserted."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.integration import harness
+from tests.integration.fleet import (Etcd, fleet_plugin_config, fleet_proxy, parse_state, restart,
+                                     state_record)
+
+PROGRESSING, SUCCEEDED, FAILED, WAITING = 1, 3, 4, 5
+
+
+def canary_cfg(**analysis) -> dict:
+    cfg = harness.default_plugin_config()
+    cfg["analysis"] = {
+        "interval": "1s",
+        "threshold": 2,
+        "stepWeights": [10, 20, 30],
+        "minRequests": 10,
+        "metrics": [
+            {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "4s"},
+        ],
+    }
+    cfg["analysis"].update(analysis)
+    return fleet_plugin_config(cfg)
+
+
+def stat(proxy, name: str, default=None):
+    return proxy.wasm_stat(f"canary_guard.web.{name}", default)
+
+
+def wait_phase(proxy, phase: int, timeout: float = 30.0) -> None:
+    proxy.wait_for(lambda: stat(proxy, "phase") == phase, timeout,
+                   lambda: f"{proxy.name}: phase {harness.PHASES[phase]} (now "
+                           f"{harness.PHASES.get(stat(proxy, 'phase'))}, weight {stat(proxy, 'weight')})")
+
+
+@pytest.fixture
+def etcd(launcher):
+    e = Etcd(launcher.tmp_path).start()
+    yield e
+    e.stop()
+
+
+def fleet(launcher, backends, etcd, cfg, n=3, **kw):
+    return [fleet_proxy(launcher, backends, etcd, cfg, name=f"replica-{i}", **kw) for i in range(n)]
+
+
+def judges(proxies) -> list:
+    return [p for p in proxies if p.alive() and stat(p, "fleet.judge", 0) == 1]
+
+
+def test_uneven_load_promotes_on_every_replica(launcher, backends, etcd):
+    proxies = fleet(launcher, backends, etcd, canary_cfg())
+    # 60 / 12 / 2 req/s: the quiet replica's own canary traffic is far below minRequests.
+    loads = [harness.LoadGenerator(p.url, rate=r, connections=2).start()
+             for p, r in zip(proxies, (60, 12, 2))]
+    try:
+        for p in proxies:
+            wait_phase(p, SUCCEEDED, timeout=40)
+    finally:
+        for l in loads:
+            l.stop()
+    assert len(judges(proxies)) == 1
+    for p in proxies:
+        assert stat(p, "weight") == 100
+        assert stat(p, "rollbacks", 0) == 0
+    (judge,) = judges(proxies)
+    assert stat(judge, "fleet.replicas") == 3
+    assert "fleet judge acquired" in judge.log_text()
+    # A replica that leaves: its record expires with its lease, and the judge says so.
+    leaver = next(p for p in proxies if p is not judge)
+    leaver.stop()
+    judge.wait_for(lambda: stat(judge, "fleet.replicas") == 2, 15, "2 replicas after one left")
+    assert "replica(s) left the fleet" in judge.log_text()
+
+
+def canary_requests(p) -> int:
+    return p.stat("cluster.web-canary.upstream_rq_total", 0)
+
+
+def test_failing_canary_is_rolled_back_once_and_a_restarted_replica_sends_it_nothing(
+        launcher, backends, etcd):
+    cfg = canary_cfg(stepWeights=[30, 60], minRequests=5)
+    cfg["approvedUntil"] = "2099-01-01T00:00:00Z"  # a release approval in effect throughout
+    proxies = fleet(launcher, backends, etcd, cfg)
+    backends.set_canary_fault(abort_percent=50)
+    loads = [harness.LoadGenerator(p.url, rate=r, connections=2).start()
+             for p, r in zip(proxies, (40, 20, 10))]
+    try:
+        for p in proxies:
+            wait_phase(p, FAILED, timeout=30)
+        # Once every replica follows Failed, none sends the canary anything more.
+        settled = [canary_requests(p) for p in proxies]
+        for p in proxies:
+            p.wait_more_requests(20, "after the rollback")
+        assert [canary_requests(p) for p in proxies] == settled
+        (judge,) = judges(proxies)
+        # Exact tallies: the judge's fleet totals are the sum of the replicas' cluster counters.
+        judge.wait_for(
+            lambda: stat(judge, "fleet.tallied_canary_requests") == sum(settled), 10,
+            lambda: f"fleet canary total {stat(judge, 'fleet.tallied_canary_requests')} == {settled}")
+        rollbacks = sum(stat(p, "rollbacks", 0) for p in proxies)
+        assert rollbacks == 1, "one rollback, counted by the judge that made it"
+        # A replica restarted after the rollback follows Failed, approval or not.
+        quiet = proxies[2]
+        loads[2].stop()
+        restart(quiet)
+        loads[2] = harness.LoadGenerator(quiet.url, rate=20, connections=2).start()
+        wait_phase(quiet, FAILED, timeout=10)
+        quiet.wait_more_requests(60, "after the restart")
+        assert canary_requests(quiet) == 0, "a restarted replica never sends the failed revision traffic"
+    finally:
+        for l in loads:
+            l.stop()
+
+
+def test_judge_killed_another_takes_over_and_the_analysis_goes_on(launcher, backends, etcd):
+    cfg = canary_cfg(stepWeights=[10, 15, 20, 25, 30, 35, 40, 45], minRequests=5)
+    proxies = fleet(launcher, backends, etcd, cfg)
+    loads = [harness.LoadGenerator(p.url, rate=30, connections=2).start() for p in proxies]
+    try:
+        proxies[0].wait_for(lambda: len(judges(proxies)) == 1, 10, "one judge")
+        proxies[0].wait_for(lambda: (stat(proxies[0], "weight") or 0) >= 15, 20, "weight >= 15")
+        (judge,) = judges(proxies)
+        weight_at_kill = stat(judge, "weight")
+        judge.proc.kill()  # SIGKILL: no lease revoke, no goodbye
+        killed_at = time.monotonic()
+        rest = [p for p in proxies if p is not judge]
+        rest[0].wait_for(lambda: len(judges(rest)) == 1, 15, "a new judge")
+        print(f"\nfailover: new judge {time.monotonic() - killed_at:.2f}s after SIGKILL (leaseTTL 3s)")
+        for p in rest:
+            wait_phase(p, SUCCEEDED, timeout=40)
+        (new_judge,) = judges(rest)
+        assert "fleet judge acquired" in new_judge.log_text()
+        assert stat(new_judge, "fleet.replicas") == 2
+        # Never two steps in one interval: the steps logged fleet-wide, in time order, 1 apart.
+        steps = []
+        for p in proxies:
+            for line in p.log_text().splitlines():
+                if "advance weight" in line:
+                    steps.append(line.split("advance weight ")[1].split(" ->")[0])
+        assert len(steps) == len(set(steps)), f"a weight stepped twice: {steps}"
+        assert weight_at_kill >= 15
+    finally:
+        for l in loads:
+            l.stop()
+
+
+def all_stable(proxies) -> bool:
+    return all(stat(p, "fleet.fallback", 0) == 1 and stat(p, "phase") == WAITING for p in proxies)
+
+
+def test_etcd_down_routes_everyone_to_stable_and_the_fleet_resumes_when_it_is_back(
+        launcher, backends, etcd):
+    cfg = canary_cfg(stepWeights=[20, 40, 60, 80], minRequests=5)
+    cfg["analysis"]["interval"] = "2s"
+    proxies = fleet(launcher, backends, etcd, cfg)
+    loads = [harness.LoadGenerator(p.url, rate=20, connections=2).start() for p in proxies]
+    try:
+        for p in proxies:
+            p.wait_for(lambda p=p: stat(p, "weight") == 40, 30, f"{p.name} at weight 40")
+        etcd.stop()
+        stopped = time.monotonic()
+        for p in proxies:
+            p.wait_for(lambda p=p: stat(p, "fleet.fallback", 0) == 1, 10, f"{p.name} falls back")
+        print(f"\nfallback: every replica stable {time.monotonic() - stopped:.2f}s after etcd stopped (maxStaleness 2s)")
+        assert all_stable(proxies)
+        settled = [canary_requests(p) for p in proxies]
+        for p in proxies:
+            p.wait_more_requests(30, "while etcd is down")
+        assert [canary_requests(p) for p in proxies] == settled, "nothing to the canary while etcd is down"
+        for p in proxies:
+            assert "routing every request to stable until etcd answers" in p.log_text()
+        etcd.start()
+        for p in proxies:
+            wait_phase(p, SUCCEEDED, timeout=40)
+            assert "following the fleet" in p.log_text()
+    finally:
+        records = [l.stop() for l in loads]
+    for r in records:
+        statuses = {status for _, status, _ in r}
+        assert statuses == {200}, f"no client request fails because of the store: {statuses}"
+
+
+def test_forged_and_corrupt_records_are_rejected_and_stable_gets_the_traffic(
+        launcher, backends, etcd):
+    cfg = canary_cfg(stepWeights=[20, 40], minRequests=5)
+    cfg["analysis"]["interval"] = "3s"
+    proxies = fleet(launcher, backends, etcd, cfg)
+    loads = [harness.LoadGenerator(p.url, rate=20, connections=2).start() for p in proxies]
+    try:
+        for p in proxies:
+            p.wait_for(lambda p=p: stat(p, "weight") == 20, 30, f"{p.name} at weight 20")
+        # A tally record that is not one: the judge ignores it and says so.
+        etcd.put("/canary-guard/web/replicas/v2/forged-00000000", b"CGfr\x01not a record")
+        judge = judges(proxies)[0]
+        judge.wait_for(lambda: "replica record(s) that do not validate" in judge.log_text(), 10,
+                       "the corrupt record logged")
+        # A forged state with a valid encoding and checksum, at weight 90 (above the last step
+        # 40): rejected, logged, stable.
+        good = parse_state(etcd.get("/canary-guard/web/state/v2"))
+        assert good["valid"] and good["weight"] == 20
+        etcd.put("/canary-guard/web/state/v2", state_record(
+            "v2", PROGRESSING, 90, good["started_ms"], good["last_check_ms"]))
+        for p in proxies:
+            p.wait_for(lambda p=p: stat(p, "fleet.fallback", 0) == 1, 10, f"{p.name} rejects it")
+            assert "fleet state at /canary-guard/web/state/v2 rejected" in p.log_text()
+        settled = [canary_requests(p) for p in proxies]
+        for p in proxies:
+            p.wait_more_requests(20, "with a forged state")
+        assert [canary_requests(p) for p in proxies] == settled
+        assert all((stat(p, "weight") or 0) == 0 for p in proxies)
+    finally:
+        for l in loads:
+            l.stop()
+
+
+def test_state_survives_an_etcd_restart_and_a_new_replica_follows_it(launcher, backends, etcd):
+    cfg = canary_cfg(stepWeights=[50], minRequests=5)
+    proxies = fleet(launcher, backends, etcd, cfg, n=2)
+    loads = [harness.LoadGenerator(p.url, rate=30, connections=2).start() for p in proxies]
+    try:
+        for p in proxies:
+            wait_phase(p, SUCCEEDED, timeout=30)
+    finally:
+        for l in loads:
+            l.stop()
+    for p in proxies:
+        p.stop()
+    etcd.stop()
+    etcd.start()  # same data dir
+    late = fleet_proxy(launcher, backends, etcd, cfg, name="replica-late")
+    wait_phase(late, SUCCEEDED, timeout=15)
+    assert stat(late, "weight") == 100
+    assert "starting analysis" not in late.log_text()
+
+
+def test_a_forged_state_cannot_revive_a_failed_revision(launcher, backends, etcd):
+    cfg = canary_cfg(stepWeights=[30], minRequests=5)
+    proxies = fleet(launcher, backends, etcd, cfg, n=2)
+    backends.set_canary_fault(abort_percent=100)
+    loads = [harness.LoadGenerator(p.url, rate=30, connections=2).start() for p in proxies]
+    try:
+        for p in proxies:
+            wait_phase(p, FAILED, timeout=30)
+        failed = parse_state(etcd.get("/canary-guard/web/state/v2"))
+        assert failed["valid"] and failed["phase"] == FAILED
+        backends.set_canary_fault(abort_percent=0)
+        etcd.put("/canary-guard/web/state/v2", state_record(
+            "v2", PROGRESSING, 30, failed["started_ms"], failed["last_check_ms"]))
+        for p in proxies:
+            p.wait_for(lambda p=p: "for a revision this proxy saw Failed" in p.log_text(), 10,
+                       f"{p.name} refuses the revival")
+        settled = [canary_requests(p) for p in proxies]
+        for p in proxies:
+            p.wait_more_requests(30, "after the forged revival")
+        assert [canary_requests(p) for p in proxies] == settled
+    finally:
+        for l in loads:
+            l.stop()
