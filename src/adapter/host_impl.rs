@@ -101,7 +101,9 @@ impl RootHost for HostRoot {
     }
 
     fn node_id(&self) -> Option<String> {
-        String::from_utf8(ffi::property(&["node", "id"])?).ok()
+        // `xds.node` since Envoy 1.33 (the top-level `node` before).
+        let id = ffi::property(&["xds", "node", "id"]).or_else(|| ffi::property(&["node", "id"]))?;
+        String::from_utf8(id).ok().filter(|s| !s.is_empty())
     }
 }
 

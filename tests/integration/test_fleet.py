@@ -11,8 +11,8 @@ import time
 import pytest
 
 from tests.integration import harness
-from tests.integration.fleet import (Etcd, fleet_plugin_config, fleet_proxy, parse_state, restart,
-                                     state_record)
+from tests.integration.fleet import (Certs, Etcd, Partition, add_etcd_cluster, fleet_plugin_config, fleet_proxy,
+                                     parse_state, restart, state_record)
 
 PROGRESSING, SUCCEEDED, FAILED, WAITING = 1, 3, 4, 5
 
@@ -266,3 +266,88 @@ def test_a_forged_state_cannot_revive_a_failed_revision(launcher, backends, etcd
     finally:
         for l in loads:
             l.stop()
+
+
+def test_a_partitioned_replica_falls_back_to_stable_and_cannot_write(launcher, backends, etcd):
+    cfg = canary_cfg(stepWeights=[10, 20, 30, 40, 50, 60], minRequests=5)
+    cfg["analysis"]["interval"] = "2s"
+    cut_off = Partition(etcd.port)
+    # The partitioned one starts first, so that it is the judge when it is cut off.
+    isolated = fleet_proxy(launcher, backends, cut_off, cfg, name="replica-isolated")
+    isolated.wait_for(lambda: stat(isolated, "fleet.judge", 0) == 1, 10, "the first replica judges")
+    rest = fleet(launcher, backends, etcd, cfg, n=2)
+    proxies = [isolated, *rest]
+    loads = [harness.LoadGenerator(p.url, rate=25, connections=2).start() for p in proxies]
+    try:
+        for p in proxies:
+            p.wait_for(lambda p=p: (stat(p, "weight") or 0) >= 20, 30, f"{p.name} at weight 20")
+        cut_off.cut()
+        isolated.wait_for(lambda: stat(isolated, "fleet.fallback", 0) == 1, 10, "the isolated replica falls back")
+        assert stat(isolated, "fleet.judge", 0) == 0, "a judge without etcd stops deciding"
+        settled = canary_requests(isolated)
+        isolated.wait_more_requests(30, "while partitioned")
+        assert canary_requests(isolated) == settled, "a partitioned replica sends the canary nothing"
+        # The others elect a judge among themselves and go on to promotion.
+        for p in rest:
+            wait_phase(p, SUCCEEDED, timeout=60)
+        assert len(judges(rest)) == 1
+        assert "routing every request to stable until etcd answers" in isolated.log_text()
+        # Healed: it follows the fleet's decision, made without it.
+        cut_off.heal()
+        wait_phase(isolated, SUCCEEDED, timeout=15)
+        assert stat(isolated, "weight") == 100
+    finally:
+        for l in loads:
+            l.stop()
+
+
+ISTIO_ETCD = "outbound|2379||etcd.infra.svc.cluster.local"
+
+
+def test_istio_shape_in_fleet_mode(launcher, backends, etcd):
+    """The filter delivered as istiod does (ECDS, no singleton: an elected worker stands for
+    each proxy) in two proxies, reaching etcd through an Istio-named cluster."""
+    from tests.integration.test_istio_shape import plugin_config, wasm_plugin
+    pc = plugin_config(stepWeights=[20, 40], minRequests=5)
+    pc["fleet"] = {"etcdCluster": ISTIO_ETCD, "authority": "etcd.infra.svc.cluster.local",
+                   "leaseTTL": "3s", "maxStaleness": "2s", "timeout": "500ms"}
+    proxies = []
+    for i in range(2):
+        p = harness.IstioProxy(launcher.tmp_path, backends, wasm_plugin(), pc, name=f"istio-{i}")
+        add_etcd_cluster(p, etcd.port, f"router~10.0.0.{i}~gw-{i}.istio-system~istio-system.svc.cluster.local",
+                         cluster=ISTIO_ETCD)
+        launcher._track(p)
+        proxies.append(p.start())
+    loads = [harness.LoadGenerator(p.url, rate=r, connections=2).start() for p, r in zip(proxies, (40, 5))]
+    try:
+        for p in proxies:
+            wait_phase(p, SUCCEEDED, timeout=40)
+    finally:
+        for l in loads:
+            l.stop()
+    assert len(judges(proxies)) == 1
+    for p in proxies:
+        assert "worker (leader election)" in p.log_text()
+        assert "follows the fleet state in etcd (cluster outbound|2379||etcd" in p.log_text()
+
+
+def test_tls_to_an_etcd_that_requires_client_certificates(launcher, backends):
+    certs = Certs(launcher.tmp_path)
+    etcd = Etcd(launcher.tmp_path, name="etcd-tls", tls=certs).start()
+    try:
+        # Without a client certificate, etcd refuses the caller.
+        import requests
+        with pytest.raises(requests.RequestException):
+            requests.post(f"{etcd.url}/v3/kv/range", json={"key": "eA=="}, verify=str(certs.ca), timeout=3)
+        proxies = fleet(launcher, backends, etcd, canary_cfg(stepWeights=[25, 50], minRequests=5), n=2)
+        loads = [harness.LoadGenerator(p.url, rate=30, connections=2).start() for p in proxies]
+        try:
+            for p in proxies:
+                wait_phase(p, SUCCEEDED, timeout=30)
+        finally:
+            for l in loads:
+                l.stop()
+        assert len(judges(proxies)) == 1
+        assert parse_state(etcd.get("/canary-guard/web/state/v2"))["phase"] == SUCCEEDED
+    finally:
+        etcd.stop()
