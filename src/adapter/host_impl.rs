@@ -102,7 +102,8 @@ impl RootHost for HostRoot {
 
     fn node_id(&self) -> Option<String> {
         // `xds.node` since Envoy 1.33 (the top-level `node` before).
-        let id = ffi::property(&["xds", "node", "id"]).or_else(|| ffi::property(&["node", "id"]))?;
+        let id =
+            ffi::property(&["xds", "node", "id"]).or_else(|| ffi::property(&["node", "id"]))?;
         String::from_utf8(id).ok().filter(|s| !s.is_empty())
     }
 }

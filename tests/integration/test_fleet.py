@@ -351,3 +351,36 @@ def test_tls_to_an_etcd_that_requires_client_certificates(launcher, backends):
         assert parse_state(etcd.get("/canary-guard/web/state/v2"))["phase"] == SUCCEEDED
     finally:
         etcd.stop()
+
+
+FLEET_YAML = harness.REPO / "envoy" / "envoy-fleet.yaml"
+
+
+def test_the_shipped_fleet_config_is_envoy_yaml_plus_the_fleet_pieces_and_envoy_accepts_it(
+        launcher, wasm):
+    import json
+    import subprocess
+    import yaml
+    fleet_cfg = yaml.safe_load(FLEET_YAML.read_text())
+    plain = yaml.safe_load(harness.ENVOY_YAML.read_text())
+    clusters = fleet_cfg["static_resources"]["clusters"]
+    etcd_cluster = clusters.pop()
+    assert etcd_cluster["name"] == "etcd"
+    wasm_filter = harness._http_filter(harness._listener(fleet_cfg, "ingress"), "envoy.filters.http.wasm")
+    value = json.loads(wasm_filter["config"]["configuration"]["value"])
+    assert value.pop("fleet")["etcdCluster"] == "etcd"
+    plain_filter = harness._http_filter(harness._listener(plain, "ingress"), "envoy.filters.http.wasm")
+    plain_value = json.loads(plain_filter["config"]["configuration"]["value"])
+    assert plain_value.pop("restartPolicy") == "restart"  # fleet mode tells a restart from a first load
+    assert value == plain_value
+    wasm_filter["config"]["configuration"]["value"] = plain_filter["config"]["configuration"]["value"]
+    assert fleet_cfg == plain
+    cfg = yaml.safe_load(FLEET_YAML.read_text())
+    for holder in (harness._http_filter(harness._listener(cfg, "ingress"), "envoy.filters.http.wasm")["config"],
+                   cfg["bootstrap_extensions"][0]["typed_config"]["config"]):
+        holder["vm_config"]["code"]["local"]["filename"] = wasm
+    path = launcher.tmp_path / "envoy-fleet.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([harness.envoy_binary(), "--mode", "validate", "-c", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

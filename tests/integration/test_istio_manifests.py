@@ -278,10 +278,30 @@ def test_plugin_config_is_the_standalone_one(file):
 
 def test_every_wasm_plugin_is_checked():
     files = {p.name for p in MANIFESTS if any(d.get("kind") == "WasmPlugin" for _, d in iv.load_documents(p))}
-    assert files == {"wasmplugin-gateway.yaml", "wasmplugin-gateway-file.yaml", "wasmplugin-sidecar.yaml"}
+    assert files == {"wasmplugin-gateway.yaml", "wasmplugin-gateway-file.yaml", "wasmplugin-sidecar.yaml",
+                     "wasmplugin-gateway-fleet.yaml"}
 
 
-@pytest.mark.parametrize("file", ["wasmplugin-gateway.yaml", "wasmplugin-gateway-file.yaml", "wasmplugin-sidecar.yaml"])
+def test_fleet_plugin_is_the_gateway_one_plus_fleet():
+    """wasmplugin-gateway-fleet.yaml: the gateway plugin with the fleet block (Istio's etcd
+    cluster name, the one etcd-serviceentry.yaml makes) and without restartPolicy (fleet mode
+    tells a restart from a first load); the module accepts its pluginConfig."""
+    fleet_doc = doc("wasmplugin-gateway-fleet.yaml", "WasmPlugin")
+    plain = doc("wasmplugin-gateway.yaml", "WasmPlugin")
+    pc = copy.deepcopy(fleet_doc["spec"]["pluginConfig"])
+    fleet = pc.pop("fleet")
+    host = doc("etcd-serviceentry.yaml", "ServiceEntry")["spec"]["hosts"][0]
+    port = doc("etcd-serviceentry.yaml", "ServiceEntry")["spec"]["ports"][0]["number"]
+    assert fleet["etcdCluster"] == f"outbound|{port}||{host}"
+    plain_pc = copy.deepcopy(plain["spec"]["pluginConfig"])
+    assert plain_pc.pop("restartPolicy") == "restart"
+    assert pc == plain_pc
+    strip = lambda d: {**d, "spec": {k: v for k, v in d["spec"].items() if k != "pluginConfig"}}
+    assert strip(fleet_doc) == strip(plain)
+
+
+@pytest.mark.parametrize("file", ["wasmplugin-gateway.yaml", "wasmplugin-gateway-file.yaml", "wasmplugin-sidecar.yaml",
+                                  "wasmplugin-gateway-fleet.yaml"])
 def test_plugin_settings(file):
     spec = doc(file, "WasmPlugin")["spec"]
     assert spec["pluginName"] == "canary-guard"
