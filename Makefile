@@ -6,6 +6,7 @@
 #   PYTHON         interpreter that creates .venv (default: python3)
 #   PYTEST_ARGS    extra pytest arguments, e.g. PYTEST_ARGS='-k rollback -x'
 #   BENCH_ARGS     extra scripts/bench.py arguments, e.g. BENCH_ARGS='--rounds 1 --duration 3'
+#   BENCH_FLEET_ARGS extra scripts/bench_fleet.py arguments, e.g. BENCH_FLEET_ARGS="--replicas 10,100 --seconds 5"
 #   DEMO_ARGS      extra scripts/demo.py arguments, e.g. DEMO_ARGS='--rate 150 --fault-at-weight 20'
 #   FUZZ_SECS      `make fuzz` budget per fuzz target in seconds (default 60; `make test` runs 1)
 #   FUZZ_SEED      `make fuzz` PRNG seed to replay a run (default: a fresh one, printed)
@@ -43,7 +44,7 @@ else
 ENVOY_DEP := $(VENV_ENVOY)
 endif
 
-.PHONY: bench-fixture bench-deps help setup setup-rust setup-etcd setup-python build cli check-config image compose unit integration test lint fmt demo bench fuzz clean
+.PHONY: bench-fleet bench-fixture bench-deps help setup setup-rust setup-etcd setup-python build cli check-config image compose unit integration test lint fmt demo bench fuzz clean
 
 help: ## List the targets (default)
 	@echo "canary-guard: make <target>"
@@ -142,6 +143,9 @@ bench-deps: ## Install wrk (Debian package) if missing
 bench: setup build bench-fixture bench-deps ## Benchmarks (not in make test): core ns/op, proxy A/B/C/D CPU per request, rollback reaction, memory -> out/bench/results.md (options in BENCH_ARGS)
 	cargo bench --bench core
 	$(PY) -m scripts.bench $(BENCH_ARGS)
+
+bench-fleet: setup-python setup-etcd ## Fleet mode's etcd load: N = 10, 100, 1000 simulated replicas against a real etcd -> out/bench-fleet.json (BENCH_FLEET_ARGS)
+	$(PY) scripts/bench_fleet.py $(BENCH_FLEET_ARGS)
 
 clean: ## Remove build output, .venv and out/
 	cargo clean

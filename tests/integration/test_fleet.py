@@ -58,10 +58,11 @@ def judges(proxies) -> list:
 
 
 def test_uneven_load_promotes_on_every_replica(launcher, backends, etcd):
-    proxies = fleet(launcher, backends, etcd, canary_cfg())
-    # 60 / 12 / 2 req/s: the quiet replica's own canary traffic is far below minRequests.
+    proxies = fleet(launcher, backends, etcd, canary_cfg(stepWeights=[20, 40, 60]))
+    # 80 / 16 / 3 req/s: the fleet's canary traffic (~20/s at weight 20) is well above
+    # minRequests 10 per check; the quiet replica's own (<1/s) is far below it.
     loads = [harness.LoadGenerator(p.url, rate=r, connections=2).start()
-             for p, r in zip(proxies, (60, 12, 2))]
+             for p, r in zip(proxies, (80, 16, 3))]
     try:
         for p in proxies:
             wait_phase(p, SUCCEEDED, timeout=40)
@@ -75,6 +76,8 @@ def test_uneven_load_promotes_on_every_replica(launcher, backends, etcd):
     (judge,) = judges(proxies)
     assert stat(judge, "fleet.replicas") == 3
     assert "fleet judge acquired" in judge.log_text()
+    sizes = [len(etcd.get(k)) for k in etcd.keys("/canary-guard/web/replicas/v2/")]
+    print(f"\nreplica record sizes (bytes): {sizes}")
     # A replica that leaves: its record expires with its lease, and the judge says so.
     leaver = next(p for p in proxies if p is not judge)
     leaver.stop()
