@@ -244,7 +244,7 @@ impl Analyser {
             .partition(|p| now_ms > p.sent_ms + give_up);
         agent.pending = live;
         for p in late {
-            self.store_failed(agent, tel, p.call.kind(), "no answer", now_ms);
+            self.store_failed(agent, tel, p.call.kind(), "no answer");
         }
         let ttl = agent.conf.lease_ttl_ms;
         // The judge stops deciding as soon as its lease may have expired.
@@ -400,7 +400,7 @@ impl Analyser {
             }),
             Err(e) => {
                 let why = format!("the host refused the call (status {})", e.0);
-                self.store_failed(agent, tel, call.kind(), &why, now_ms);
+                self.store_failed(agent, tel, call.kind(), &why);
             }
         }
     }
@@ -452,7 +452,7 @@ impl Analyser {
                     EtcdError::Status(s, m) => format!("HTTP {s}: {m}"),
                     EtcdError::Malformed(m) => format!("malformed answer: {m}"),
                 };
-                self.store_failed(&mut agent, tel, p.call.kind(), &why, now_ms);
+                self.store_failed(&mut agent, tel, p.call.kind(), &why);
             } else {
                 tel.count(&self.cfg.name, Stat::FleetCallsOk, 1);
                 if agent.unreachable {
@@ -787,12 +787,11 @@ impl Analyser {
     fn follow_holder(&mut self, agent: &mut Agent, tel: &mut dyn Telemetry, kv: &Kv) {
         let holder = String::from_utf8_lossy(&kv.value).into_owned();
         let mine = holder == agent.replica && agent.lease == Some(kv.lease) && kv.lease != 0;
-        if mine && agent.judge.is_none() {
+        if mine {
+            // Ours on this lease (also after a hand-over): its create revision is the fence.
             agent.judge = Some(kv.create_revision);
-        } else if !mine && agent.judge.is_some() {
+        } else {
             self.lose_judge(agent, tel, "another replica holds the judge key");
-        } else if mine && agent.judge != Some(kv.create_revision) {
-            agent.judge = Some(kv.create_revision);
         }
         self.judge_changed(agent, tel, Some(holder));
     }
@@ -825,14 +824,7 @@ impl Analyser {
         }
     }
 
-    fn store_failed(
-        &self,
-        agent: &mut Agent,
-        tel: &mut dyn Telemetry,
-        what: &str,
-        why: &str,
-        _now: u64,
-    ) {
+    fn store_failed(&self, agent: &mut Agent, tel: &mut dyn Telemetry, what: &str, why: &str) {
         tel.count(&self.cfg.name, Stat::FleetCallsFailed, 1);
         if !agent.unreachable {
             agent.unreachable = true;
