@@ -13,8 +13,15 @@ reports in Envoy's stats next to what clients see. Once the canary weight has re
 checks fail, it rolls back, and clients stop reaching the canary. The module's decision
 log lines are printed from the proxy's Envoy log as they appear.
 
+Fleet mode (`make demo DEMO_ARGS='--replicas 3'`): a local etcd (Debian's etcd-server, as
+the tests run it) and N proxies, each with the fleet block of envoy/envoy-fleet.yaml, taking
+uneven shares of the traffic (the quietest alone is below minRequests). One replica is the
+judge; every replica shows the same weight and phase within a poll period, and the one
+rollback sends every replica to stable.
+
 Everything it starts is stopped on exit, also on Ctrl-C. Set ENVOY_BIN to use another
-Envoy binary. Exit code 0 when the rollback happened as expected, 1 otherwise.
+Envoy binary (ETCD_BIN another etcd). Exit code 0 when the rollback happened as expected on
+every proxy, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -31,6 +39,7 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 from tests.integration import harness
+from tests.integration import fleet as fleet_harness
 
 CANARY = "web"
 STAT_PREFIX = f"{harness.WASM_STAT_PREFIX}canary_guard.{CANARY}."
@@ -38,6 +47,8 @@ PHASES = harness.PHASES
 FAILED = 4
 
 # "[2026-11-22 01:21:53.425][8047][info][wasm] [source/...:1151] wasm log <plugin> <root_id>: msg"
+# Per-worker configuration lines, left out in fleet mode where every replica repeats them.
+NOISE = ("filter configured", "configuration published")
 LOG_LINE = re.compile(r"\]\[(?P<level>\w+)\]\[wasm\] .*?wasm log [^:]*: (?P<msg>.*)$")
 
 
@@ -58,21 +69,31 @@ def demo_plugin_config() -> dict:
     return cfg
 
 
-def check_prerequisites() -> Optional[str]:
+def traffic_shares(replicas: int) -> list[float]:
+    """Uneven shares of the traffic, each replica a quarter of the one before (3: 76/19/5%):
+    the quietest replica's own canary traffic is below minRequests, the fleet's is not."""
+    raw = [4.0 ** -i for i in range(replicas)]
+    return [r / sum(raw) for r in raw]
+
+
+def check_prerequisites(replicas: int) -> Optional[str]:
     envoy = os.environ.get("ENVOY_BIN") or str(REPO / ".venv" / "bin" / "envoy")
     if not os.access(envoy, os.X_OK):
         return f"no Envoy at {envoy}: run `make setup` (or set ENVOY_BIN)"
     wasm = Path(os.environ.get("CANARY_GUARD_WASM") or harness.DEFAULT_WASM)
     if not wasm.is_file():
         return f"no module at {wasm}: run `make build`"
+    if replicas > 1 and not (os.environ.get("ETCD_BIN") or shutil.which("etcd")):
+        return "fleet mode needs etcd: run `make setup` (Debian etcd-server) or set ETCD_BIN"
     return None
 
 
 class LogFollower:
     """Reads the lines an Envoy appends to its log and keeps canary-guard's decisions."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, label: str = ""):
         self.path = path
+        self.label = label
         self.offset = 0
         self.partial = b""
 
@@ -91,18 +112,23 @@ class LogFollower:
             line = raw.decode(errors="replace")
             if "wasm log" not in line or f"canary {CANARY}" not in line:
                 continue
+            if self.label and any(n in line for n in NOISE):
+                continue  # one line per worker and replica: noise next to the decisions
             m = LOG_LINE.search(line)
-            out.append((m.group("level"), m.group("msg")) if m else ("?", line))
+            level, msg = (m.group("level"), m.group("msg")) if m else ("?", line)
+            out.append((level, f"{self.label}{msg}"))
         return out
 
 
 class Demo:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        self.fleet = args.replicas > 1
         self.workdir = Path(args.workdir).resolve()
+        self.etcd: Optional[fleet_harness.Etcd] = None
         self.backends: Optional[harness.Backends] = None
-        self.proxy: Optional[harness.Proxy] = None
-        self.load: Optional[harness.LoadGenerator] = None
+        self.proxies: list[harness.Proxy] = []
+        self.loads: list[harness.LoadGenerator] = []
         self.t0 = time.monotonic()
 
     # -- output ------------------------------------------------------------------------
@@ -112,15 +138,34 @@ class Demo:
     def say(self, text: str) -> None:
         print(text, flush=True)
 
+    def records(self, since: float) -> list[tuple]:
+        return sorted((r for load in self.loads for r in load.records(since=since)),
+                      key=lambda r: r[0])
+
     def header(self) -> None:
+        if self.fleet:
+            cols = "  ".join(f"{p.name + ' (weight phase)':<27}" for p in self.proxies)
+            self.say(f"{'time':>7}  {cols}  {'req/s':>5}  {'canary req/s':>12}  {'canary err':>10}")
+            return
         self.say(f"{'time':>7}  {'weight':>6}  {'phase':<12} {'failed':>6}  {'req/s':>5}  "
                  f"{'canary req/s':>12}  {'canary 5xx':>10}  {'canary err':>10}")
 
-    def row(self, now: float, stats: dict) -> None:
-        recent = [r for r in self.load.records(since=now - 1.0) if r[0] < now]
+    def row(self, now: float, all_stats: list[dict]) -> None:
+        recent = [r for r in self.records(since=now - 1.0) if r[0] < now]
         canary = [r for r in recent if r[2] == "canary"]
         errors = sum(1 for r in canary if r[1] >= 500 or r[1] == 0)
         err = f"{100.0 * errors / len(canary):.1f}%" if canary else "-"
+        if self.fleet:
+            cols = []
+            for stats in all_stats:
+                weight = stats.get("weight")
+                phase = PHASES.get(stats.get("phase", 0), str(stats.get("phase")))
+                judge = " judge" if stats.get("fleet.judge") == 1 else ""
+                cols.append(f"{'-' if weight is None else weight:>3} {phase + judge:<23}")
+            self.say(f"{self.ts(now)}  {'  '.join(cols)}  {len(recent):>5}  {len(canary):>12}  "
+                     f"{err:>10}")
+            return
+        stats = all_stats[0]
         weight = stats.get("weight")
         phase = PHASES.get(stats.get("phase", 0), str(stats.get("phase")))
         self.say(f"{self.ts(now)}  {'-' if weight is None else weight:>6}  {phase:<12} "
@@ -128,41 +173,64 @@ class Demo:
                  f"{errors:>10}  {err:>10}")
 
     # -- pieces ------------------------------------------------------------------------
-    def canary_stats(self) -> dict:
-        raw = self.proxy.stats(filter="^" + re.escape(STAT_PREFIX))
+    @staticmethod
+    def canary_stats(proxy: harness.Proxy) -> dict:
+        if not proxy.alive():
+            return {}
+        raw = proxy.stats(filter="^" + re.escape(STAT_PREFIX))
         return {k[len(STAT_PREFIX):]: v for k, v in raw.items() if k.startswith(STAT_PREFIX)}
 
     def start(self) -> None:
+        a = self.args
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = demo_plugin_config()
-        self.say("canary-guard demo")
+        if self.fleet:
+            cfg = fleet_harness.fleet_plugin_config(cfg)
+        names = ["proxy"] if not self.fleet else [f"replica-{i + 1}" for i in range(a.replicas)]
+        self.say("canary-guard demo" + (f", fleet mode: {a.replicas} replicas" if self.fleet else ""))
         self.say(f"  envoy:  {harness.envoy_binary()}")
         self.say(f"  module: {harness.wasm_path()}")
-        self.say(f"  logs:   {self.workdir}/{{backends,proxy}}.log")
+        self.say(f"  logs:   {self.workdir}/{{backends,{','.join(names)}}}.log")
         self.say(f"  plugin configuration: {json.dumps(cfg['analysis'], separators=(',', ':'))}")
+        if self.fleet:
+            self.say(f"  fleet: {json.dumps(cfg['fleet'], separators=(',', ':'))}")
+            self.etcd = fleet_harness.Etcd(self.workdir, name="etcd")
+            shutil.rmtree(self.etcd.dir, ignore_errors=True)  # a fresh store: a first rollout
+            self.etcd.start()
+            self.say(f"  etcd:   {self.etcd.url} (data {self.etcd.dir})")
         self.backends = harness.Backends(self.workdir, name="backends")
         self.backends.start()
-        self.proxy = harness.Proxy(self.workdir, self.backends, cfg, mode="singleton",
-                                   name="proxy", concurrency=2)
-        # Clients are already knocking when the proxy comes up (as users would be), so the
+        for name in names:
+            proxy = harness.Proxy(self.workdir, self.backends, cfg, mode="singleton",
+                                  name=name, concurrency=2)
+            if self.fleet:
+                fleet_harness.add_etcd_cluster(proxy, self.etcd.port, name)
+            self.proxies.append(proxy)
+        # Clients are already knocking when the proxies come up (as users would be), so the
         # first check, one interval after the analysis starts, sees a full interval of
         # traffic. Their refused connections before that are left out of the figures.
-        self.load = harness.LoadGenerator(self.proxy.url, rate=self.args.rate,
-                                          connections=self.args.connections, timeout=5.0)
-        self.load.start()
-        self.proxy.start()
+        shares = traffic_shares(len(self.proxies))
+        for proxy, share in zip(self.proxies, shares):
+            self.loads.append(harness.LoadGenerator(
+                proxy.url, rate=a.rate * share, connections=max(1, round(a.connections * share)),
+                timeout=5.0).start())
+        for proxy in self.proxies:
+            proxy.start()
         self.t0 = time.monotonic()
-        self.say(f"  backends admin {self.backends.admin_url}, proxy {self.proxy.url} "
-                 f"(admin {self.proxy.admin_url})")
-        self.say(f"  traffic: ~{self.args.rate:g} req/s over {self.args.connections} connections; "
-                 f"the canary will fail {self.args.abort_percent}% of its requests once its "
-                 f"weight reaches {self.args.fault_at_weight}")
+        self.say(f"  backends admin {self.backends.admin_url}")
+        for proxy, share in zip(self.proxies, shares):
+            self.say(f"  {proxy.name}: {proxy.url} (admin {proxy.admin_url}), "
+                     f"~{a.rate * share:.0f} req/s")
+        self.say(f"  traffic: ~{a.rate:g} req/s in all; the canary will fail {a.abort_percent}% "
+                 f"of its requests once its weight reaches {a.fault_at_weight}")
         self.say("")
 
     def stop(self) -> None:
-        for what, stop in (("traffic", self.load and self.load.stop),
-                           ("proxy", self.proxy and self.proxy.stop),
-                           ("backends", self.backends and self.backends.stop)):
+        steps = [("traffic", load.stop) for load in self.loads]
+        steps += [(p.name, p.stop) for p in self.proxies]
+        steps += [("backends", self.backends and self.backends.stop),
+                  ("etcd", self.etcd and self.etcd.stop)]
+        for what, stop in steps:
             if not stop:
                 continue
             try:
@@ -173,41 +241,43 @@ class Demo:
     # -- the run -----------------------------------------------------------------------
     def run(self) -> int:
         a = self.args
-        follower = LogFollower(self.proxy.log_path)
+        followers = [LogFollower(p.log_path, f"{p.name}: " if self.fleet else "")
+                     for p in self.proxies]
         self.header()
-        fault_at: Optional[float] = None      # when the fault was switched on
-        weight0_at: Optional[float] = None     # first poll showing weight 0 after the fault
-        failed_weight = None
+        fault_at: Optional[float] = None       # when the fault was switched on
+        weight0_at: Optional[float] = None     # first poll showing weight 0 on every proxy
         next_row = self.t0 + 1.0
         deadline = self.t0 + a.max_seconds
         while True:
             now = time.monotonic()
-            for level, msg in follower.new_lines():
-                self.say(f"{self.ts()}  log [{level}] {msg}")
-            stats = self.canary_stats()
-            weight, phase = stats.get("weight"), stats.get("phase", 0)
+            self.print_logs(followers)
+            all_stats = [self.canary_stats(p) for p in self.proxies]
+            weights = [s.get("weight") for s in all_stats]
+            phases = [s.get("phase", 0) for s in all_stats]
 
             if fault_at is None:
-                if phase == FAILED:
+                if FAILED in phases:
                     self.say(f"{self.ts()}  !! the analysis failed before any fault was injected")
                     return self.finish(None, None, ok=False)
-                if phase in (2, 3):
+                if any(ph in (2, 3) for ph in phases):
                     self.say(f"{self.ts()}  !! the canary was promoted before the fault "
                              f"(lower --fault-at-weight)")
                     return self.finish(None, None, ok=False)
-                if weight is not None and weight >= a.fault_at_weight:
+                top = max((w for w in weights if w is not None), default=None)
+                if top is not None and top >= a.fault_at_weight:
                     self.backends.set_canary_fault(abort_percent=a.abort_percent)
                     fault_at = time.monotonic()
                     self.say(f"{self.ts(fault_at)}  >> fault injected: the canary now answers "
-                             f"500 to {a.abort_percent}% of its requests (weight {weight})")
-            elif weight0_at is None and weight == 0:
+                             f"500 to {a.abort_percent}% of its requests (weight {top})")
+            elif weight0_at is None and all(w == 0 for w in weights):
                 weight0_at = now
-                failed_weight = PHASES.get(phase)
-                self.say(f"{self.ts(now)}  >> weight is 0, phase {failed_weight}: canary-guard "
-                         f"rolled the canary back")
+                where = "on every replica" if self.fleet else ""
+                self.say(f"{self.ts(now)}  >> weight is 0 {where}, phase "
+                         f"{'/'.join(sorted({PHASES.get(ph, str(ph)) for ph in phases}))}: "
+                         f"canary-guard rolled the canary back")
 
             if now >= next_row:
-                self.row(now, stats)
+                self.row(now, all_stats)
                 next_row += 1.0
                 if weight0_at is not None and now >= weight0_at + a.tail_seconds:
                     break
@@ -215,18 +285,22 @@ class Demo:
                 self.say(f"{self.ts()}  !! no rollback within {a.max_seconds:g}s")
                 return self.finish(fault_at, None, ok=False)
             time.sleep(0.1)
-        for level, msg in follower.new_lines():
-            self.say(f"{self.ts()}  log [{level}] {msg}")
+        self.print_logs(followers)
         return self.finish(fault_at, weight0_at, ok=True)
 
+    def print_logs(self, followers: list[LogFollower]) -> None:
+        for follower in followers:
+            for level, msg in follower.new_lines():
+                self.say(f"{self.ts()}  log [{level}] {msg}")
+
     def finish(self, fault_at: Optional[float], weight0_at: Optional[float], ok: bool) -> int:
-        self.load.stop()
-        records = self.load.records(since=self.t0)
+        for load in self.loads:
+            load.stop()
+        records = self.records(since=self.t0)
         self.say("")
         self.say("summary")
-        total = len(records)
         by = harness.summarize(records)
-        self.say(f"  requests sent: {total}; responses by server/status: "
+        self.say(f"  requests sent: {len(records)}; responses by server/status: "
                  + ", ".join(f"{k} {v}" for k, v in sorted(by.items())))
         if fault_at is None:
             return 1
@@ -248,12 +322,22 @@ class Demo:
             self.say(f"  canary responses after weight 0: {len(late)} "
                      f"({len(settled)} later than 1s after it)")
             ok = ok and not settled
-        stats = self.canary_stats() if self.proxy and self.proxy.alive() else {}
-        if stats:
-            self.say(f"  module stats: phase {PHASES.get(stats.get('phase'))}, weight "
+        all_stats = [self.canary_stats(p) for p in self.proxies]
+        for proxy, stats in zip(self.proxies, all_stats):
+            if not stats:
+                ok = False
+                continue
+            judge = f", judge {stats.get('fleet.judge')}, replicas seen " \
+                    f"{stats.get('fleet.replicas')}" if self.fleet else ""
+            self.say(f"  {proxy.name} stats: phase {PHASES.get(stats.get('phase'))}, weight "
                      f"{stats.get('weight')}, failed_checks {stats.get('failed_checks')}, "
-                     f"rollbacks {stats.get('rollbacks')}, checks {stats.get('checks')}")
+                     f"rollbacks {stats.get('rollbacks')}, checks {stats.get('checks')}{judge}")
             ok = ok and stats.get("phase") == FAILED and stats.get("weight") == 0
+        if self.fleet and all(all_stats):
+            judges = sum(1 for s in all_stats if s.get("fleet.judge") == 1)
+            rollbacks = sum(s.get("rollbacks", 0) for s in all_stats)
+            self.say(f"  fleet: {judges} judge, {rollbacks} rollback in all (one decision)")
+            ok = ok and judges == 1 and rollbacks == 1
         self.say("  result: " + ("rollback as expected" if ok else "NOT as expected"))
         return 0 if ok else 1
 
@@ -270,11 +354,16 @@ def main() -> int:
                    help="keep showing traffic this long after the rollback (default 3)")
     p.add_argument("--max-seconds", type=float, default=45.0,
                    help="give up when there was no rollback after this long (default 45)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="fleet mode with this many proxies and a local etcd (default 1: one "
+                        "proxy, no fleet)")
     p.add_argument("--workdir", default=str(REPO / "out" / "demo"),
                    help="rendered configs and Envoy logs (default out/demo)")
     args = p.parse_args()
 
-    problem = check_prerequisites()
+    if args.replicas < 1:
+        p.error("--replicas must be at least 1")
+    problem = check_prerequisites(args.replicas)
     if problem:
         print(f"demo: {problem}", file=sys.stderr)
         return 2

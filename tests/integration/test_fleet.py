@@ -387,3 +387,19 @@ def test_the_shipped_fleet_config_is_envoy_yaml_plus_the_fleet_pieces_and_envoy_
     r = subprocess.run([harness.envoy_binary(), "--mode", "validate", "-c", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_make_demo_fleet_mode_shows_one_decision(tmp_path):
+    """`make demo DEMO_ARGS='--replicas 3'`: etcd and three replicas with uneven traffic; the
+    demo exits 0 only when every replica ended Failed at weight 0, one judge, one rollback."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "scripts.demo", "--replicas", "3",
+                        "--workdir", str(tmp_path / "demo")], cwd=harness.REPO,
+                       capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "result: rollback as expected" in out, out[-6000:]
+    assert "fleet: 1 judge, 1 rollback in all (one decision)" in out, out[-3000:]
+    assert out.count("fleet judge acquired") == 1, out[-6000:]
+    # The quietest replica's own traffic (5%) is below minRequests: the fleet's carried it.
+    assert "replica-3: " in out and "no traffic" not in out, out[-6000:]
