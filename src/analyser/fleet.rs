@@ -17,7 +17,7 @@ use super::{Analyser, Loaded};
 use crate::config::{self, Config, RestartPolicy};
 use crate::fleet::etcd::{self, EtcdError, Kv, Request};
 use crate::fleet::record::{merge_slots, ReplicaRecord};
-use crate::fleet::{escape, poll_ms, publish_ms, replica_id, FleetKeys};
+use crate::fleet::{escape, poll_ms, publish_ms, replica_id, stale_states, FleetKeys, STATES_KEPT};
 use crate::host::{HttpCalls, Level, OutCall, RootHost, SharedStore, Stat, Telemetry};
 use crate::metrics::MetricResult;
 use crate::state::{CanaryState, Phase};
@@ -25,6 +25,7 @@ use crate::state_machine::{is_due, resume, summary, Event, Found, Resume};
 use crate::store::slots::read_all;
 use crate::tally::Totals;
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
 /// Shared-data key of this process's replica id (one per Envoy process, whichever context
 /// stands for it).
@@ -49,7 +50,12 @@ enum Call {
         next: CanaryState,
         events: Vec<Event>,
         results: Vec<MetricResult>,
+        /// The write creates the revision's state (it had none).
+        created: bool,
     },
+    /// The state keys of every revision, after this judge created its revision's.
+    ListStates,
+    DeleteStates(usize),
 }
 
 impl Call {
@@ -62,6 +68,8 @@ impl Call {
             Call::Campaign => "judge election",
             Call::Records => "tally read",
             Call::Write { .. } => "state write",
+            Call::ListStates => "state key listing",
+            Call::DeleteStates(_) => "old state clean-up",
         }
     }
 }
@@ -82,7 +90,7 @@ struct Followed {
 pub struct Agent {
     conf: config::Fleet,
     replica: String,
-    keys: Option<FleetKeys>,
+    keys: Option<Rc<FleetKeys>>,
     lease: Option<i64>,
     lease_ok_ms: u64,
     renew_at_ms: u64,
@@ -197,12 +205,12 @@ impl Analyser {
         };
         if agent.keys.is_none() {
             agent.replica = process_replica_id(store, host, self.token);
-            agent.keys = Some(FleetKeys::new(
+            agent.keys = Some(Rc::new(FleetKeys::new(
                 &agent.conf.prefix,
                 &self.cfg.name,
                 &self.cfg.revision,
                 &agent.replica,
-            ));
+            )));
             self.log.revision(
                 tel,
                 Level::Info,
@@ -343,6 +351,7 @@ impl Analyser {
                     next,
                     events,
                     results: Vec::new(),
+                    created: seen_mod == 0,
                 };
                 self.send(agent, host, tel, req, call, now_ms);
             }
@@ -520,10 +529,38 @@ impl Analyser {
                 let range = etcd::parse_range(status, body)?;
                 self.on_records(agent, &range.kvs, tel, host, now_ms)?;
             }
+            Call::ListStates => {
+                let range = etcd::parse_range(status, body)?;
+                let Some(keys) = agent.keys.clone() else {
+                    return Ok(());
+                };
+                let stale = stale_states(&range.kvs, &keys.state, STATES_KEPT);
+                if !stale.is_empty() {
+                    let req = etcd::delete_unchanged(&stale);
+                    self.send(
+                        agent,
+                        host,
+                        tel,
+                        req,
+                        Call::DeleteStates(stale.len()),
+                        now_ms,
+                    );
+                }
+            }
+            Call::DeleteStates(n) => {
+                let txn = etcd::parse_txn(status, body)?;
+                if txn.succeeded {
+                    let line = format!(
+                        "deleted the fleet state of {n} old revision(s) (a canary keeps its last {STATES_KEPT})"
+                    );
+                    self.log.revision(tel, Level::Info, &line);
+                }
+            }
             Call::Write {
                 next,
                 events,
                 results,
+                created,
             } => {
                 let txn = etcd::parse_txn(status, body)?;
                 let Some(keys) = agent.keys.clone() else {
@@ -552,6 +589,12 @@ impl Analyser {
                         }
                     }
                     self.count_and_log(tel, &events);
+                    if created {
+                        // This judge started a revision: older revisions' states beyond
+                        // STATES_KEPT go (listed first, then deleted if unchanged).
+                        let req = etcd::range_prefix_keys(&keys.states);
+                        self.send(agent, host, tel, req, Call::ListStates, now_ms);
+                    }
                 } else {
                     let guard = txn.kvs.iter().find(|kv| kv.key == keys.judge);
                     let still = guard.is_some_and(|g| Some(g.create_revision) == agent.judge);
@@ -755,6 +798,7 @@ impl Analyser {
             next,
             events,
             results,
+            created: false,
         };
         // Sent from here: the check's outcome should not wait for the next tick.
         self.send(agent, host, tel, req, call, now_ms);

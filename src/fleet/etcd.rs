@@ -40,6 +40,35 @@ pub fn range_prefix(prefix: &[u8]) -> Request {
     )
 }
 
+/// The keys (no values) that start with `prefix`, with their revisions.
+pub fn range_prefix_keys(prefix: &[u8]) -> Request {
+    request(
+        "/v3/kv/range",
+        json!({"key": base64::encode(prefix), "range_end": base64::encode(&prefix_end(prefix)),
+               "keys_only": true}),
+    )
+}
+
+/// Deletes each key only while it is at the mod revision given (unchanged since it was
+/// read): one txn, so a key written meanwhile (a revision in use again) keeps all of them.
+pub fn delete_unchanged(keys: &[(Vec<u8>, i64)]) -> Request {
+    let compare: Vec<Value> = keys
+        .iter()
+        .map(|(k, m)| {
+            json!({"target": "MOD", "key": base64::encode(k), "result": "EQUAL",
+                   "mod_revision": m.to_string()})
+        })
+        .collect();
+    let success: Vec<Value> = keys
+        .iter()
+        .map(|(k, _)| json!({"request_delete_range": {"key": base64::encode(k)}}))
+        .collect();
+    request(
+        "/v3/kv/txn",
+        json!({"compare": compare, "success": success}),
+    )
+}
+
 /// The first key after every key that starts with `prefix`: the prefix with its last byte
 /// below 0xff incremented (and what follows it dropped).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {

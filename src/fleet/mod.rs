@@ -41,6 +41,24 @@ impl FleetKeys {
     }
 }
 
+/// How many revisions' state keys a canary keeps in etcd: the judge of a new revision
+/// deletes the others, least recently written first. A proxy rolled back to one of the kept
+/// revisions still finds its fate there (a `Failed` one stays failed).
+pub const STATES_KEPT: usize = 8;
+
+/// The state keys to delete so that `keep` remain (`own`, the revision being started, always
+/// stays), least recently written (lowest mod revision) first, with the mod revision each was
+/// read at (the delete is conditional on it).
+pub fn stale_states(found: &[etcd::Kv], own: &[u8], keep: usize) -> Vec<(Vec<u8>, i64)> {
+    let mut others: Vec<&etcd::Kv> = found.iter().filter(|kv| kv.key != own).collect();
+    others.sort_by_key(|kv| std::cmp::Reverse(kv.mod_revision));
+    others
+        .into_iter()
+        .skip(keep.saturating_sub(1))
+        .map(|kv| (kv.key.clone(), kv.mod_revision))
+        .collect()
+}
+
 /// A key segment: bytes outside `[A-Za-z0-9._-]` as `%XX`, so that a revision holding a '/'
 /// cannot reach into another revision's keys.
 pub fn escape(segment: &str) -> String {
@@ -113,5 +131,31 @@ mod tests {
         );
         assert_eq!(replica_id(None, 1), "envoy-00000001");
         assert_ne!(replica_id(Some("a"), 1), replica_id(Some("a"), 2));
+    }
+
+    fn kv(key: &str, mod_revision: i64) -> etcd::Kv {
+        etcd::Kv {
+            key: key.as_bytes().to_vec(),
+            value: Vec::new(),
+            create_revision: 1,
+            mod_revision,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn old_states_go_least_recently_written_first_and_the_own_stays() {
+        let found = [
+            kv("s/v1", 10),
+            kv("s/v2", 30),
+            kv("s/v3", 20),
+            kv("s/v4", 5),
+        ];
+        // Keep 3: the own (v4, however old its key) and the two most recently written others.
+        let stale = stale_states(&found, b"s/v4", 3);
+        assert_eq!(stale, vec![(b"s/v1".to_vec(), 10)]);
+        assert!(stale_states(&found, b"s/v9", 8).is_empty());
+        assert_eq!(stale_states(&found, b"s/v2", 1).len(), 3);
     }
 }

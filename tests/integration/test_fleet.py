@@ -58,6 +58,11 @@ def judges(proxies) -> list:
 
 
 def test_uneven_load_promotes_on_every_replica(launcher, backends, etcd):
+    # Ten older revisions' states already in etcd (v0-0 written first): the judge starting v2
+    # keeps the 7 most recently written of them next to its own (STATES_KEPT 8).
+    old = [f"v0-{i}" for i in range(10)]
+    for rev in old:
+        etcd.put(f"/canary-guard/web/state/{rev}", state_record(rev, FAILED, 0, 1, 1))
     proxies = fleet(launcher, backends, etcd, canary_cfg(stepWeights=[20, 40, 60]))
     # 80 / 16 / 3 req/s: the fleet's canary traffic (~20/s at weight 20) is well above
     # minRequests 10 per check; the quiet replica's own (<1/s) is far below it.
@@ -78,6 +83,9 @@ def test_uneven_load_promotes_on_every_replica(launcher, backends, etcd):
     assert "fleet judge acquired" in judge.log_text()
     sizes = [len(etcd.get(k)) for k in etcd.keys("/canary-guard/web/replicas/v2/")]
     print(f"\nreplica record sizes (bytes): {sizes}")
+    states = etcd.keys("/canary-guard/web/state/")
+    assert sorted(states) == sorted(f"/canary-guard/web/state/{r}" for r in ["v2", *old[3:]]), states
+    assert "deleted the fleet state of 3 old revision(s)" in judge.log_text()
     # A replica that leaves: its record expires with its lease, and the judge says so.
     leaver = next(p for p in proxies if p is not judge)
     leaver.stop()
