@@ -44,7 +44,7 @@ else
 ENVOY_DEP := $(VENV_ENVOY)
 endif
 
-.PHONY: bench-fleet bench-fixture bench-deps help setup setup-rust setup-etcd setup-python build cli check-config image compose unit integration test lint fmt demo bench fuzz clean
+.PHONY: bench-fleet compose-fleet bench-fixture bench-deps help setup setup-rust setup-etcd setup-python build cli check-config image compose unit integration test lint fmt demo bench fuzz clean
 
 help: ## List the targets (default)
 	@echo "canary-guard: make <target>"
@@ -95,6 +95,10 @@ image: build ## OCI image of the module for Istio (compat layout, no Docker) in 
 
 compose: build ## The demo in Docker (needs a Docker engine): docker compose up, exit code from the traffic service
 	status=0; docker compose up --exit-code-from traffic || status=$$?; docker compose down; exit $$status
+
+compose-fleet: build ## Fleet mode in Docker (needs a Docker engine): etcd + 3 replicas, docker-compose.fleet.yml
+	status=0; docker compose -f docker-compose.fleet.yml up --exit-code-from traffic || status=$$?; \
+		docker compose -f docker-compose.fleet.yml down; exit $$status
 
 unit: ## Run the host unit tests (cargo test)
 	cargo test

@@ -20,6 +20,10 @@ the addresses below are the loopback ones from envoy/envoy.yaml and envoy/backen
 Settings (environment): PROXY, PROXY_ADMIN, BACKENDS_ADMIN (host:port), RATE (requests/s),
 CONNECTIONS, FAULT_AT_WEIGHT, ABORT_PERCENT, TAIL_SECONDS, MAX_SECONDS, READY_FILE (created
 once requests are being sent; the compose healthcheck waits for it).
+
+Fleet mode (docker-compose.fleet.yml): PROXY and PROXY_ADMIN list the replicas, comma
+separated, and SHARES their shares of RATE in percent (default even). The rollback must then
+show on every replica (weight 0, phase Failed), made once: one judge, one rollback in all.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ def env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-PROXY = env("PROXY", "127.0.0.1:10000")
-PROXY_ADMIN = env("PROXY_ADMIN", "127.0.0.1:9901")
+PROXIES = env("PROXY", "127.0.0.1:10000").split(",")
+PROXY_ADMINS = env("PROXY_ADMIN", "127.0.0.1:9901").split(",")
+SHARES = [float(x) for x in env("SHARES", ",".join(["1"] * len(PROXIES))).split(",")]
 BACKENDS_ADMIN = env("BACKENDS_ADMIN", "127.0.0.1:9911")
 RATE = float(env("RATE", "400"))
 CONNECTIONS = int(env("CONNECTIONS", "8"))
@@ -60,14 +65,15 @@ class Traffic:
     """CONNECTIONS keep-alive clients sending RATE requests/s in all, recording
     (time, status, x-served-by) from `counting` on; status 0 is a request with no response."""
 
-    def __init__(self) -> None:
-        host, _, port = PROXY.rpartition(":")
+    def __init__(self, proxy: str, rate: float, connections: int) -> None:
+        host, _, port = proxy.rpartition(":")
         self.host, self.port = host, int(port)
+        self.rate, self.connections = rate, connections
         self.records: list[tuple[float, int, str]] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.counting = threading.Event()
-        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(CONNECTIONS)]
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(connections)]
 
     def start(self) -> None:
         for t in self.threads:
@@ -90,7 +96,7 @@ class Traffic:
             return None, 0, "-"
 
     def run(self) -> None:
-        period = CONNECTIONS / RATE
+        period = self.connections / self.rate
         next_at = time.monotonic()
         conn = None
         while not self.stop.is_set():
@@ -118,16 +124,16 @@ def admin(addr: str, path: str, method: str = "GET", **params) -> str:
         return r.read().decode()
 
 
-def canary_stats() -> dict:
-    raw = json.loads(admin(PROXY_ADMIN, "/stats", format="json",
+def canary_stats(proxy_admin: str) -> dict:
+    raw = json.loads(admin(proxy_admin, "/stats", format="json",
                            filter="^" + STAT_PREFIX.replace(".", r"\.")))
     return {s["name"][len(STAT_PREFIX):]: s["value"]
             for s in raw.get("stats", []) if "value" in s and s["name"].startswith(STAT_PREFIX)}
 
 
-def proxy_ready() -> bool:
+def proxy_ready(proxy_admin: str) -> bool:
     try:
-        return admin(PROXY_ADMIN, "/ready").strip() == "LIVE"
+        return admin(proxy_admin, "/ready").strip() == "LIVE"
     except OSError:
         return False
 
@@ -137,8 +143,14 @@ def main() -> int:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)  # PID 1 in a container: no default handler
 
-    traffic = Traffic()
-    traffic.start()
+    if not (len(PROXIES) == len(PROXY_ADMINS) == len(SHARES)):
+        print("traffic: PROXY, PROXY_ADMIN and SHARES must list as many entries", flush=True)
+        return 2
+    fleet = len(PROXIES) > 1
+    shares = [x / sum(SHARES) for x in SHARES]
+    traffics = [Traffic(p, RATE * x, max(1, round(CONNECTIONS * x))) for p, x in zip(PROXIES, shares)]
+    for traffic in traffics:
+        traffic.start()
     try:
         os.remove(READY_FILE)
     except FileNotFoundError:
@@ -146,56 +158,76 @@ def main() -> int:
     with open(READY_FILE, "w") as f:
         f.write("sending\n")
     say = lambda text: print(text, flush=True)  # noqa: E731
-    say(f"traffic: ~{RATE:g} req/s to {PROXY} over {CONNECTIONS} connections; the canary will "
-        f"fail {ABORT_PERCENT}% of its requests once its weight reaches {FAULT_AT_WEIGHT}")
-    say(f"traffic: waiting for the proxy (admin {PROXY_ADMIN}/ready)")
+    say(f"traffic: ~{RATE:g} req/s to {', '.join(f'{p} ({x:.0%})' for p, x in zip(PROXIES, shares))} "
+        f"over {CONNECTIONS} connections; the canary will fail {ABORT_PERCENT}% of its requests "
+        f"once its weight reaches {FAULT_AT_WEIGHT}")
+    say(f"traffic: waiting for the proxies (admin {', '.join(PROXY_ADMINS)} /ready)")
     deadline = time.monotonic() + MAX_SECONDS
-    while not proxy_ready():
+    while not all(proxy_ready(a) for a in PROXY_ADMINS):
         if time.monotonic() > deadline:
-            say(f"traffic: !! the proxy was not ready after {MAX_SECONDS:g}s "
-                f"(see `docker compose logs envoy`)")
+            say(f"traffic: !! a proxy was not ready after {MAX_SECONDS:g}s "
+                f"(see `docker compose logs`)")
             return 1
         time.sleep(0.05)
     t0 = time.monotonic()
-    traffic.counting.set()
+    for traffic in traffics:
+        traffic.counting.set()
     ts = lambda t: f"{t - t0:6.1f}s"  # noqa: E731
 
-    first = canary_stats()
-    if first.get("phase") in (2, 3, 4):
-        say(f"traffic: !! this proxy's analysis is already over (phase "
-            f"{PHASES[first['phase']]}): `docker compose down`, then `docker compose up`")
-        return 1
+    for a in PROXY_ADMINS:
+        first = canary_stats(a)
+        if first.get("phase") in (2, 3, 4):
+            say(f"traffic: !! the analysis at {a} is already over (phase "
+                f"{PHASES[first['phase']]}): `docker compose down -v`, then `docker compose up`")
+            return 1
 
-    say(f"{'time':>7}  {'weight':>6}  {'phase':<12} {'failed':>6}  {'req/s':>5}  "
-        f"{'stable':>6}  {'canary':>6}  {'canary 5xx':>10}  {'other err':>9}")
+    def since(t: float, until: float = float("inf")) -> list[tuple[float, int, str]]:
+        return sorted((r for tr in traffics for r in tr.since(t, until)), key=lambda r: r[0])
+
+    if fleet:
+        say(f"{'time':>7}  " + "  ".join(f"{'replica ' + str(i + 1):<18}" for i in range(len(PROXIES)))
+            + f"  {'req/s':>5}  {'stable':>6}  {'canary':>6}  {'canary 5xx':>10}  {'other err':>9}")
+    else:
+        say(f"{'time':>7}  {'weight':>6}  {'phase':<12} {'failed':>6}  {'req/s':>5}  "
+            f"{'stable':>6}  {'canary':>6}  {'canary 5xx':>10}  {'other err':>9}")
     fault_at = weight0_at = None
     next_row = t0 + 1.0
     ok = False
     try:
         while True:
             now = time.monotonic()
-            stats = canary_stats()
-            weight, phase = stats.get("weight"), stats.get("phase", 0)
+            all_stats = [canary_stats(a) for a in PROXY_ADMINS]
+            weights = [st.get("weight") for st in all_stats]
+            phases = [st.get("phase", 0) for st in all_stats]
             if fault_at is None:
-                if phase != PROGRESSING and phase != 0:
-                    say(f"{ts(now)}  !! phase {PHASES.get(phase)} before any fault was injected "
-                        f"(see the envoy service's log for the reason)")
+                odd = [ph for ph in phases if ph not in (PROGRESSING, 0)]
+                if odd:
+                    say(f"{ts(now)}  !! phase {PHASES.get(odd[0])} before any fault was injected "
+                        f"(see the proxy's log for the reason)")
                     break
-                if weight is not None and weight >= FAULT_AT_WEIGHT:
+                top = max((w for w in weights if w is not None), default=None)
+                if top is not None and top >= FAULT_AT_WEIGHT:
                     admin(BACKENDS_ADMIN, "/runtime_modify", method="POST",
                           **{"fault.http.abort.abort_percent": str(ABORT_PERCENT)})
                     fault_at = time.monotonic()
                     say(f"{ts(fault_at)}  >> the canary now answers 500 to {ABORT_PERCENT}% of "
-                        f"its requests (weight {weight})")
-            elif weight0_at is None and weight == 0 and phase == FAILED:
+                        f"its requests (weight {top})")
+            elif weight0_at is None and all(w == 0 for w in weights) and all(ph == FAILED for ph in phases):
                 weight0_at = now
-                say(f"{ts(now)}  >> weight 0, phase Failed: canary-guard rolled the canary back")
+                where = " on every replica" if fleet else ""
+                say(f"{ts(now)}  >> weight 0, phase Failed{where}: canary-guard rolled the canary back")
             if now >= next_row:
-                recent = traffic.since(now - 1.0, now)
+                recent = since(now - 1.0, now)
                 count = lambda pred: sum(1 for r in recent if pred(r))  # noqa: E731
-                say(f"{ts(now)}  {'-' if weight is None else weight:>6}  "
-                    f"{PHASES.get(phase, phase):<12} {stats.get('failed_checks', 0):>6}  "
-                    f"{len(recent):>5}  {count(lambda r: r[2] == 'stable'):>6}  "
+                if fleet:
+                    cols = "  ".join(f"{'-' if w is None else w:>3} {PHASES.get(ph, ph):<14}"
+                                     for w, ph in zip(weights, phases))
+                    head = f"{ts(now)}  {cols}"
+                else:
+                    head = (f"{ts(now)}  {'-' if weights[0] is None else weights[0]:>6}  "
+                            f"{PHASES.get(phases[0], phases[0]):<12} "
+                            f"{all_stats[0].get('failed_checks', 0):>6}")
+                say(f"{head}  {len(recent):>5}  {count(lambda r: r[2] == 'stable'):>6}  "
                     f"{count(lambda r: r[2] == 'canary'):>6}  "
                     f"{count(lambda r: r[2] == 'canary' and r[1] >= 500):>10}  "
                     f"{count(lambda r: r[2] != 'canary' and (r[1] >= 500 or r[1] == 0)):>9}")
@@ -208,11 +240,13 @@ def main() -> int:
                 break
             time.sleep(0.1)
     finally:
-        traffic.stop.set()
-        for t in traffic.threads:
-            t.join(6)
+        for traffic in traffics:
+            traffic.stop.set()
+        for traffic in traffics:
+            for t in traffic.threads:
+                t.join(6)
 
-    records = traffic.since(t0)
+    records = since(t0)
     by: dict[str, int] = {}
     for _, status, served_by in records:
         key = f"{served_by}/{status}"
@@ -228,11 +262,18 @@ def main() -> int:
                 f"{weight0_at - min(bad):.1f}s")
         say(f"  canary responses later than 1s after weight 0: {len(late)}")
         ok = ok and not late
-    stats = canary_stats()
-    say(f"  module stats: phase {PHASES.get(stats.get('phase'))}, weight {stats.get('weight')}, "
-        f"failed_checks {stats.get('failed_checks')}, rollbacks {stats.get('rollbacks')}, "
-        f"checks {stats.get('checks')}")
-    ok = ok and stats.get("phase") == FAILED and stats.get("weight") == 0
+    all_stats = [canary_stats(a) for a in PROXY_ADMINS]
+    for a, stats in zip(PROXY_ADMINS, all_stats):
+        where = f" at {a}" if fleet else ""
+        say(f"  module stats{where}: phase {PHASES.get(stats.get('phase'))}, weight "
+            f"{stats.get('weight')}, failed_checks {stats.get('failed_checks')}, rollbacks "
+            f"{stats.get('rollbacks')}, checks {stats.get('checks')}")
+        ok = ok and stats.get("phase") == FAILED and stats.get("weight") == 0
+    if fleet:
+        judges = sum(1 for st in all_stats if st.get("fleet.judge") == 1)
+        rollbacks = sum(st.get("rollbacks", 0) for st in all_stats)
+        say(f"  fleet: {judges} judge, {rollbacks} rollback in all")
+        ok = ok and judges == 1 and rollbacks == 1
     say("  result: " + ("rollback as expected" if ok else "NOT as expected"))
     return 0 if ok else 1
 
