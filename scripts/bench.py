@@ -16,6 +16,8 @@ tests/integration/harness.py; only ports, paths, routes and filters rewritten):
      C  the same config with bench/min-router instead (one shared-data read + one header
         write per request, no singleton): the floor every Wasm router pays
      D  (optional, --arms ABCD) min-router configured "noop": an empty Wasm filter
+     F  B in fleet mode: the same canary with envoy/envoy-fleet.yaml's fleet block, against a
+        real etcd the bench starts (this proxy is the judge and publishes its tallies)
    Per arm: requests/s and p50/p99 latency (wrk --latency), and proxy CPU time per request
    ((utime+stime) delta of the proxy process / http.ingress.downstream_rq_total delta).
    Medians over rounds; ratios B/A, B/C (and C/A, D/A) per round, reported as the median
@@ -24,7 +26,11 @@ tests/integration/harness.py; only ports, paths, routes and filters rewritten):
 2. reaction: interval 1s, threshold 1, a canary near weight 10 under steady load; the canary
    starts answering 500 to every request; time from the first failing response a client
    received to weight 0 (polled every 10 ms), and the failing responses clients received.
-3. memory: the proxy's VmRSS and the canary's shared-data footprint (gauge
+3. propagation (fleet mode): a real etcd and three replicas (--concurrency 2) under light
+   load, an analysis stepping every second; per step, the time from the judge's state write
+   (the state key's mod revision changing in etcd, polled every 5 ms) to the last replica
+   routing on it (its weight gauge showing the step, polled every 10 ms): median and max.
+4. memory: the proxy's VmRSS and the canary's shared-data footprint (gauge
    canary_guard.web.shared_bytes, "n/a" when the module does not define it) after 10
    thousand and 1 million requests through canary-guard; the .wasm sizes.
 
@@ -51,6 +57,7 @@ from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 from tests.integration import harness
+from tests.integration import fleet as fleet_harness
 import requests  # noqa: E402
 
 CANARY = "web"
@@ -63,10 +70,11 @@ ARM_TITLES = {
     "B": "B canary-guard (filter + singleton), weight 10",
     "C": "C min-router (1 shared-data read + 1 header write)",
     "D": "D empty Wasm filter (min-router noop)",
+    "F": "F canary-guard in fleet mode (etcd, judge), weight 10",
 }
 # What min-router's calibrate mode logs (one line each).
 CALIBRATED_CALLS = 11
-RATIOS = (("B", "A"), ("B", "C"), ("C", "A"), ("D", "A"), ("C", "D"))
+RATIOS = (("B", "A"), ("B", "C"), ("C", "A"), ("D", "A"), ("C", "D"), ("F", "B"))
 METRICS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
 
 
@@ -197,12 +205,46 @@ def reaction_plugin_config() -> dict:
     return cfg
 
 
+def fleet_hold_plugin_config() -> dict:
+    """Arm F: hold_plugin_config in fleet mode, with envoy/envoy-fleet.yaml's timings."""
+    return fleet_harness.fleet_plugin_config(hold_plugin_config(), leaseTTL="5s",
+                                             maxStaleness="5s", timeout="1s")
+
+
+def propagation_plugin_config() -> dict:
+    """A step every second from 5 to 95 (success rate only, a few requests per check)."""
+    cfg = harness.default_plugin_config()
+    cfg.pop("sessionAffinity", None)
+    cfg["analysis"] = {
+        "interval": "1s", "threshold": 3, "stepWeights": list(range(5, 100, 5)), "minRequests": 1,
+        "metrics": [{"name": "request-success-rate", "thresholdRange": {"min": 90}, "interval": "5s"}],
+    }
+    return fleet_harness.fleet_plugin_config(cfg, leaseTTL="5s", maxStaleness="5s", timeout="1s")
+
+
+def add_etcd(cfg: dict, etcd_port: int, node_id: str) -> None:
+    """The etcd cluster and a node id, as tests/integration/fleet.py adds them."""
+    cfg["node"] = {"id": node_id, "cluster": "canary-guard-bench"}
+    cfg["static_resources"]["clusters"].append({
+        "name": fleet_harness.ETCD_CLUSTER, "type": "STATIC", "connect_timeout": "0.25s",
+        "load_assignment": {"cluster_name": fleet_harness.ETCD_CLUSTER, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                         "port_value": etcd_port}}}}]}]},
+    })
+
+
 def _ingress(cfg: dict) -> dict:
     return harness._listener(cfg, "ingress")
 
 
 def proxy_config(arm: str, backends: harness.Backends, plugin_cfg: dict,
-                 admin_port: int, listener_port: int, fixture_mode: Optional[str] = None) -> dict:
+                 admin_port: int, listener_port: int, fixture_mode: Optional[str] = None,
+                 etcd_port: Optional[int] = None, node_id: str = "bench") -> dict:
+    if arm == "F":
+        assert etcd_port is not None, "arm F needs the bench's etcd"
+        cfg = proxy_config("B", backends, plugin_cfg, admin_port, listener_port)
+        add_etcd(cfg, etcd_port, node_id)
+        return cfg
     cfg = harness.render_proxy_config(
         plugin_cfg, "singleton", admin_port=admin_port, listener_port=listener_port,
         stable_port=backends.stable_port, canary_port=backends.canary_port,
@@ -309,6 +351,7 @@ class Bench:
         self.pin = Pinning(not args.no_pin)
         self.started: list[harness.Envoy] = []
         self.backends: Optional[harness.Backends] = None
+        self.etcd: Optional[fleet_harness.Etcd] = None
         self.seq = 0
 
     # -- processes ---------------------------------------------------------
@@ -318,20 +361,28 @@ class Bench:
         self.started.append(self.backends)
         self.backends.start()
 
+    def start_etcd(self) -> fleet_harness.Etcd:
+        if self.etcd is None:
+            self.etcd = fleet_harness.Etcd(self.workdir, name="etcd").start()
+        return self.etcd
+
     def start_proxy(self, arm: str, concurrency: int, plugin_cfg: Optional[dict] = None,
-                    tag: str = "", fixture_mode: Optional[str] = None) -> PinnedEnvoy:
+                    tag: str = "", fixture_mode: Optional[str] = None,
+                    pinned: bool = True) -> PinnedEnvoy:
         assert self.backends is not None
         self.seq += 1
         listener_port = harness.free_port()
-        cfg = proxy_config(arm, self.backends, plugin_cfg or hold_plugin_config(),
+        default_cfg = fleet_hold_plugin_config() if arm == "F" else hold_plugin_config()
+        name = f"{self.seq:03d}-{tag or arm}-c{concurrency}"
+        cfg = proxy_config(arm, self.backends, plugin_cfg or default_cfg,
                            admin_port=harness.free_port(), listener_port=listener_port,
-                           fixture_mode=fixture_mode)
-        cpus = self.pin.proxy_cpus(concurrency) if self.pin.enabled else None
-        e = PinnedEnvoy(cfg, self.workdir, f"{self.seq:03d}-{tag or arm}-c{concurrency}",
-                        concurrency, cpus, listener_port)
+                           fixture_mode=fixture_mode,
+                           etcd_port=self.start_etcd().port if arm == "F" else None, node_id=name)
+        cpus = self.pin.proxy_cpus(concurrency) if self.pin.enabled and pinned else None
+        e = PinnedEnvoy(cfg, self.workdir, name, concurrency, cpus, listener_port)
         self.started.append(e)
         e.start()
-        if arm == "B" and plugin_cfg is None:
+        if arm in ("B", "F") and plugin_cfg is None:
             e.wait_for_stat(STAT + "weight", lambda v: v == 10, timeout=15)
         return e
 
@@ -347,6 +398,9 @@ class Bench:
             except Exception:  # noqa: BLE001
                 pass
         self.started.clear()
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
 
     # -- 1. throughput ------------------------------------------------------
     def measure_arm(self, arm: str, concurrency: int) -> dict:
@@ -372,8 +426,11 @@ class Bench:
                 "load_cpu_busy_pct": 100.0 * (l1[0] - l0[0]) / (l1[1] - l0[1]) if l1[1] > l0[1] else None,
                 "non_2xx": w["non_2xx"], "socket_errors": w["socket_errors"],
             }
-            if arm == "B":
+            if arm in ("B", "F"):
                 res["weight"] = e.stat(STAT + "weight")
+            if arm == "F":
+                res["fleet_calls_ok"] = e.stat(STAT + "fleet.calls_ok", 0)
+                res["fleet_calls_failed"] = e.stat(STAT + "fleet.calls_failed", 0)
             canary = e.stat("cluster.web-canary.upstream_rq_total", 0)
             stable = e.stat("cluster.web-stable.upstream_rq_total", 0)
             res["canary_share_pct"] = 100.0 * canary / (canary + stable) if canary + stable else None
@@ -462,6 +519,74 @@ class Bench:
         return {"runs": runs,
                 "median": {k: median([r[k] for r in runs])
                            for k in ("reaction_s", "failing_responses", "rate_rps", "bound_responses")}}
+
+    # -- 3. propagation (fleet mode) ------------------------------------------
+    def propagation(self) -> dict:
+        """Per step of a fleet analysis: the judge's state write (seen in etcd) to the last of
+        three replicas routing on it (its weight gauge). Polling adds up to ~15 ms."""
+        import base64
+        import threading
+        a = self.args
+        etcd = self.start_etcd()
+        key = "/canary-guard/web/state/v2"
+        etcd.call("/v3/kv/deleterange", {"key": base64.b64encode(b"/canary-guard/").decode(),
+                                          "range_end": base64.b64encode(b"/canary-guard0").decode()})
+        log(f"\n== propagation: etcd + 3 replicas (--concurrency 2), a step every 1s from 5 to 95 ==")
+        writes: list[tuple[float, int]] = []   # (monotonic time seen, weight written)
+        stop = threading.Event()
+
+        def watch() -> None:
+            last = None
+            while not stop.is_set():
+                try:
+                    kvs = etcd.call("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()}).get("kvs", [])
+                except Exception:  # noqa: BLE001 - a missed poll only delays the timestamp
+                    kvs = []
+                if kvs and kvs[0]["mod_revision"] != last:
+                    last = kvs[0]["mod_revision"]
+                    st = fleet_harness.parse_state(base64.b64decode(kvs[0]["value"]))
+                    # Only writes that change the weight: the others route as before.
+                    if not writes or writes[-1][1] != st["weight"]:
+                        writes.append((time.monotonic(), st["weight"]))
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        replicas = [self.start_proxy("F", 2, propagation_plugin_config(), tag=f"replica{i + 1}",
+                                     pinned=False) for i in range(3)]
+        loads = [harness.LoadGenerator(r.url, rate=a.propagation_rate, connections=2).start()
+                 for r in replicas]
+        watcher.start()
+        samples: list[dict] = []
+        try:
+            deadline = time.monotonic() + 60
+            seen: dict[int, float] = {}
+            while time.monotonic() < deadline:
+                for i, w in enumerate(writes):
+                    if i in seen:
+                        continue
+                    weights = [r.stat(STAT + "weight") for r in replicas]
+                    if all(x == w[1] for x in weights):
+                        seen[i] = time.monotonic()
+                        samples.append({"weight": w[1], "propagation_s": seen[i] - w[0]})
+                        log(f"  weight {w[1]:>3}: last replica routing on it "
+                            f"{1000 * (seen[i] - w[0]):.0f} ms after the write")
+                    elif i + 1 < len(writes):
+                        seen[i] = -1.0  # superseded before every replica showed it
+                    break
+                if writes and writes[-1][1] >= 95 and len(seen) == len(writes):
+                    break
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            for load in loads:
+                load.stop()
+            for r in replicas:
+                self.stop(r)
+        values = [x["propagation_s"] for x in samples]
+        if not values:
+            raise RuntimeError("propagation: no step propagated (see out/bench/run/*replica*.log)")
+        return {"samples": samples, "writes": len(writes),
+                "median_s": median(values), "max_s": max(values)}
 
     # -- 4. host calls --------------------------------------------------------
     def hostcalls(self) -> dict:
@@ -588,6 +713,15 @@ def markdown(results: dict) -> str:
                   f"| canary weight at the fault | | {', '.join(str(r['weight_at_fault']) for r in runs)} |",
                   f"| rate × weight × reaction | {fmt(m['bound_responses'], 1)} | "
                   f"{_vals([r['bound_responses'] for r in runs], 1)} |", ""]
+    pr = results.get("propagation")
+    if pr:
+        lines += ["## Fleet propagation", "",
+                  "Three replicas (--concurrency 2) and a real etcd; per step, from the judge's state "
+                  "write (the key's mod revision in etcd, polled every 5 ms) to the last replica "
+                  "routing on it (its weight gauge, polled every 10 ms). Replicas poll every half "
+                  "interval (here 500 ms).", "",
+                  f"{len(pr['samples'])} steps: median {pr['median_s'] * 1000:.0f} ms, max "
+                  f"{pr['max_s'] * 1000:.0f} ms ({_vals([x['propagation_s'] for x in pr['samples']], 3)} s).", ""]
     mem = results.get("memory")
     if mem:
         lines += ["## Memory", "", "| requests through canary-guard | Envoy VmRSS (MiB) | shared_bytes |",
@@ -646,7 +780,7 @@ def summary_table(results: dict) -> str:
     """The headline figures, one line each (also in results.md)."""
     rows = []
     for conc, block in (results.get("throughput") or {}).items():
-        for name in ("B/A", "B/C", "C/A", "D/A"):
+        for name in ("B/A", "B/C", "C/A", "D/A", "F/B"):
             r = block["ratios"].get(name)
             if r:
                 rows.append((f"c{conc} {name} CPU/req", fmt(r["cpu_us_per_req"]["median"]),
@@ -661,6 +795,10 @@ def summary_table(results: dict) -> str:
                      ", ".join(str(r["failing_responses"]) for r in rx["runs"])))
         rows.append(("rate x weight x time", fmt(rx["median"]["bound_responses"], 1),
                      _vals([r["bound_responses"] for r in rx["runs"]], 1)))
+    pr = results.get("propagation")
+    if pr:
+        rows.append(("propagation s (median/max)", f"{pr['median_s']:.3f}/{pr['max_s']:.3f}",
+                     _vals([x["propagation_s"] for x in pr["samples"]], 3)))
     mem = results.get("memory")
     if mem:
         for p in mem["points"]:
@@ -687,14 +825,18 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
     ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2],
                     help="proxy --concurrency values, comma-separated (default 1,2)")
-    ap.add_argument("--arms", default="ABCD", help="throughput arms (default ABCD; D is the empty filter)")
+    ap.add_argument("--arms", default="ABCDF",
+                    help="throughput arms (default ABCDF; D is the empty filter, F fleet mode)")
+    ap.add_argument("--propagation-rate", type=float, default=40,
+                    help="req/s to each replica in the propagation part (default 40)")
     ap.add_argument("--reaction-runs", type=int, default=3)
     ap.add_argument("--reaction-rate", type=float, default=300)
     ap.add_argument("--reaction-concurrency", type=int, default=2)
     ap.add_argument("--memory-marks", type=lambda s: [int(float(x)) for x in s.split(",")],
                     default=[10_000, 1_000_000], help="request counts (default 10000,1000000)")
     ap.add_argument("--memory-concurrency", type=int, default=2)
-    ap.add_argument("--skip", default="", help="parts to skip, comma-separated: throughput,reaction,memory,hostcalls")
+    ap.add_argument("--skip", default="",
+                    help="parts to skip, comma-separated: throughput,reaction,propagation,memory,hostcalls")
     ap.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     ap.add_argument("--out", default=str(REPO / "out" / "bench"))
     args = ap.parse_args()
@@ -706,6 +848,9 @@ def main() -> int:
         ("Envoy ($ENVOY_BIN or .venv/bin/envoy: make setup)",
          os.access(os.environ.get("ENVOY_BIN") or str(REPO / ".venv" / "bin" / "envoy"), os.X_OK)),
         (f"{harness.DEFAULT_WASM} (make build)", harness.DEFAULT_WASM.is_file()),
+        ("etcd (Debian etcd-server: make setup, or ETCD_BIN) for arm F and propagation",
+         os.environ.get("ETCD_BIN") or shutil.which("etcd")
+         or ("F" not in args.arms or "throughput" in skip) and "propagation" in skip),
         (f"{MIN_ROUTER_WASM} (the bench/min-router fixture)",
          MIN_ROUTER_WASM.is_file() or ((not (set(args.arms) & {"C", "D"}) or "throughput" in skip)
                                        and "hostcalls" in skip)),
@@ -726,6 +871,8 @@ def main() -> int:
             results["throughput"] = bench.throughput()
         if "reaction" not in skip:
             results["reaction"] = bench.reaction()
+        if "propagation" not in skip:
+            results["propagation"] = bench.propagation()
         if "memory" not in skip:
             results["memory"] = bench.memory()
         if "hostcalls" not in skip:

@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod fake_etcd;
 pub mod fake_host;
 pub mod sim;
 

@@ -15,6 +15,7 @@ use crate::state::{CanaryState, Phase};
 use crate::store::lease::Lease;
 use crate::store::Keys;
 use crate::tally::Totals;
+use crate::testkit::fake_etcd::FakeEtcd;
 use crate::testkit::fake_host::{FakeHttp, FakeRoot, FakeStore, FakeTelemetry};
 use crate::testkit::EXAMPLE;
 use serde_json::Value;
@@ -326,6 +327,44 @@ impl Sim {
         }
         self.max_leaders = self.max_leaders.max(self.leaders().len());
         self.now += STEP_MS;
+    }
+
+    /// Answers every etcd call this proxy's contexts made since the last exchange, from
+    /// `etcd`, or as failed calls (no headers: unreachable, reset) when it is `None`.
+    pub fn exchange(&mut self, mut etcd: Option<&mut FakeEtcd>) {
+        let now = self.now;
+        for n in self.nodes.iter_mut().chain(self.singleton.iter_mut()) {
+            n.host.now_ms = now;
+            for call in std::mem::take(&mut n.host.calls) {
+                let (status, body) = match etcd.as_deref_mut() {
+                    Some(e) => {
+                        let (s, b) = e.handle(&call.path, &call.body, now);
+                        (Some(s), b)
+                    }
+                    None => (None, Vec::new()),
+                };
+                if !n.ticking {
+                    continue; // a stopped context gets no answers
+                }
+                let mut env = Env {
+                    store: &self.store,
+                    telemetry: &mut self.tel,
+                    host: &mut n.host,
+                };
+                n.root
+                    .on_http_call_response(call.token, status, &body, &mut env);
+            }
+        }
+    }
+
+    /// The process dies (SIGKILL): no context runs again, nothing is released.
+    pub fn kill(&mut self) {
+        for n in self.nodes.iter_mut().chain(self.singleton.iter_mut()) {
+            n.ticking = false;
+            n.serving = false;
+            n.host.calls.clear();
+        }
+        self.load = 0;
     }
 
     pub fn run(&mut self, ms: u64) {

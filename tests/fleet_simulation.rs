@@ -1,0 +1,346 @@
+//! Fleet mode on the fake host: several simulated proxies (`testkit::sim`, each its own shared
+//! data, workers and singleton) and one in-memory etcd (`testkit::fake_etcd`), every etcd call
+//! answered in the step it was made (or failed, for a proxy cut from etcd). The same
+//! scenarios run against real Envoys and a real etcd in tests/integration/test_fleet.py; here
+//! the clock is simulated, so every step of the protocol is checked, not only its outcome.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use canary_guard::host::Stat;
+use canary_guard::state::{CanaryState, Phase};
+use canary_guard::testkit::fake_etcd::FakeEtcd;
+use canary_guard::testkit::sim::{config, Mode, Sim, INTERVAL_MS, NAME};
+use serde_json::json;
+
+const STATE_KEY: &[u8] = b"/canary-guard/web/state/v2";
+const JUDGE_KEY: &[u8] = b"/canary-guard/web/judge/v2";
+const LEASE_TTL_MS: u64 = 2_000;
+const MAX_STALENESS_MS: u64 = 1_000;
+
+fn fleet_config(extra: &[(&str, serde_json::Value)]) -> String {
+    let mut edits = vec![(
+        "/fleet",
+        json!({"etcdCluster": "etcd", "leaseTTL": "2s", "maxStaleness": "1s", "timeout": "300ms"}),
+    )];
+    edits.extend(extra.iter().cloned());
+    config(&edits)
+}
+
+struct Fleet {
+    etcd: FakeEtcd,
+    replicas: Vec<Sim>,
+    /// Replicas whose calls to etcd fail (a partition), or all of them when etcd is down.
+    cut: Vec<bool>,
+    etcd_down: bool,
+    /// Every distinct weight the fleet state in etcd held, with the time it was first seen.
+    written: Vec<(u64, Phase, u8)>,
+    max_judges: usize,
+}
+
+impl Fleet {
+    /// `loads[i]` requests per 10 ms step through replica i (uneven on purpose).
+    fn new(loads: &[u64], raw: &str) -> Fleet {
+        let replicas = loads
+            .iter()
+            .enumerate()
+            .map(|(i, load)| {
+                let mut sim = Sim::new(Mode::Singleton, 2, raw);
+                sim.load = *load;
+                let single = sim.singleton.as_mut().unwrap();
+                single.host.node_id = Some(format!("replica-{i}"));
+                single.host.random = Some(0x1000 + i as u64);
+                sim
+            })
+            .collect::<Vec<_>>();
+        Fleet {
+            etcd: FakeEtcd::default(),
+            cut: vec![false; replicas.len()],
+            replicas,
+            etcd_down: false,
+            written: Vec::new(),
+            max_judges: 0,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.replicas[0].now
+    }
+
+    fn step(&mut self) {
+        for (i, r) in self.replicas.iter_mut().enumerate() {
+            // Answers arrive one 10 ms step after their calls (Sim::step advanced the clock).
+            r.step();
+            let reachable = !(self.etcd_down || self.cut[i]);
+            r.exchange(reachable.then_some(&mut self.etcd));
+        }
+        let now = self.now();
+        self.etcd.expire(now);
+        if let Some(s) = self.etcd_state() {
+            let seen = (s.phase, s.weight);
+            if self.written.last().map(|w| (w.1, w.2)) != Some(seen) {
+                self.written.push((now, s.phase, s.weight));
+            }
+        }
+        self.max_judges = self.max_judges.max(self.judges().len());
+    }
+
+    fn run_until(&mut self, limit_ms: u64, done: impl Fn(&Fleet) -> bool) -> bool {
+        let end = self.now() + limit_ms;
+        while self.now() < end {
+            self.step();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn run(&mut self, ms: u64) {
+        let end = self.now() + ms;
+        while self.now() < end {
+            self.step();
+        }
+    }
+
+    fn etcd_state(&self) -> Option<CanaryState> {
+        CanaryState::decode(&self.etcd.get(STATE_KEY)?.value)
+    }
+
+    fn judges(&self) -> Vec<usize> {
+        (0..self.replicas.len())
+            .filter(|i| {
+                let r = &self.replicas[*i];
+                r.singleton.as_ref().is_some_and(|s| s.ticking)
+                    && r.tel.gauge_of(NAME, Stat::FleetJudge) == Some(1)
+            })
+            .collect()
+    }
+
+    fn all(&self, phase: Phase) -> bool {
+        self.replicas
+            .iter()
+            .filter(|r| r.singleton.as_ref().is_some_and(|s| s.ticking))
+            .all(|r| r.phase() == Some(phase))
+    }
+}
+
+#[test]
+fn one_judge_decides_on_the_fleets_traffic_and_every_replica_follows_each_step() {
+    // 4, 1 and 0 requests per 10 ms: the quiet replica alone could never pass minRequests.
+    let mut f = Fleet::new(&[4, 1, 0], &fleet_config(&[]));
+    assert!(
+        f.run_until(20_000, |f| f.all(Phase::Succeeded)),
+        "etcd: {:?}\nreplicas: {:?}",
+        f.written,
+        f.replicas.iter().map(|r| &r.history).collect::<Vec<_>>()
+    );
+    assert_eq!(f.max_judges, 1, "never two judges");
+    let judge = f.judges()[0];
+    let weights: Vec<u8> = f.written.iter().map(|w| w.2).collect();
+    assert_eq!(weights, [1, 5, 10, 25, 50, 100], "{:?}", f.written);
+    // Every replica routed on each step the judge wrote, in order, none skipped.
+    for (i, r) in f.replicas.iter().enumerate() {
+        let steps: Vec<u8> = r
+            .history
+            .iter()
+            .filter(|h| h.1 == Phase::Progressing)
+            .map(|h| h.2)
+            .collect();
+        assert_eq!(steps, [1, 5, 10, 25, 50], "replica {i}: {:?}", r.history);
+    }
+    let jt = &f.replicas[judge].tel;
+    assert!(jt.logged("fleet judge acquired"));
+    assert_eq!(jt.gauge_of(NAME, Stat::FleetReplicas), Some(3));
+    // The judge's fleet totals are what the three proxies sent (a settled window aside, the
+    // sums match exactly: every replica's record is its own tallies, merged once).
+    let sent: u64 = f.replicas.iter().map(|r| r.sent.canary_requests).sum();
+    let tallied = jt.gauge_of(NAME, Stat::FleetTalliedCanaryRequests).unwrap();
+    assert!(
+        tallied <= sent && tallied > 0,
+        "tallied {tallied} of {sent}"
+    );
+    for (i, r) in f.replicas.iter().enumerate() {
+        if i != judge {
+            assert_eq!(
+                r.counter(Stat::Checks),
+                0,
+                "replica {i} never checks itself"
+            );
+        }
+        assert_eq!(r.counter(Stat::Rollbacks), 0);
+    }
+}
+
+#[test]
+fn a_killed_judge_is_replaced_within_the_lease_and_no_step_comes_early() {
+    let steps: Vec<u8> = (1..=12).map(|i| i * 4).collect();
+    let mut f = Fleet::new(
+        &[2, 2, 2],
+        &fleet_config(&[("/analysis/stepWeights", json!(steps))]),
+    );
+    assert!(f.run_until(10_000, |f| f.etcd_state().is_some_and(|s| s.weight >= 12)));
+    let judge = f.judges()[0];
+    f.replicas[judge].kill();
+    let killed_at = f.now();
+    assert!(f.run_until(LEASE_TTL_MS + 1_000, |f| f.judges().len() == 1));
+    let took = f.now() - killed_at;
+    assert!(
+        took <= LEASE_TTL_MS + 300,
+        "a new judge after {took} ms (lease {LEASE_TTL_MS} ms)"
+    );
+    assert!(
+        f.run_until(15_000, |f| f.all(Phase::Succeeded)),
+        "{:?}",
+        f.written
+    );
+    // Never two steps within one interval, across the hand-over too.
+    let progressing: Vec<&(u64, Phase, u8)> = f
+        .written
+        .iter()
+        .filter(|w| w.1 == Phase::Progressing)
+        .collect();
+    for pair in progressing.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= INTERVAL_MS - 10,
+            "steps {:?} then {:?}: closer than the {INTERVAL_MS} ms interval",
+            pair[0],
+            pair[1]
+        );
+        assert!(
+            pair[1].2 > pair[0].2,
+            "the weight only goes up: {:?}",
+            f.written
+        );
+    }
+    let judges = f.etcd.get(JUDGE_KEY).unwrap();
+    assert!(String::from_utf8_lossy(&judges.value).starts_with("replica-"));
+}
+
+#[test]
+fn etcd_down_sends_every_replica_to_stable_after_max_staleness_then_the_fleet_goes_on() {
+    let mut f = Fleet::new(&[2, 2, 2], &fleet_config(&[]));
+    assert!(f.run_until(10_000, |f| f.etcd_state().is_some_and(|s| s.weight >= 5)));
+    f.etcd_down = true;
+    let down_at = f.now();
+    assert!(f.run_until(MAX_STALENESS_MS + 500, |f| f
+        .replicas
+        .iter()
+        .all(|r| r.weight() == 0)));
+    let took = f.now() - down_at;
+    assert!(
+        (MAX_STALENESS_MS..=MAX_STALENESS_MS + 100).contains(&took),
+        "every replica on stable {took} ms after etcd went down (maxStaleness {MAX_STALENESS_MS})"
+    );
+    for r in &f.replicas {
+        assert_eq!(r.phase(), Some(Phase::Waiting));
+        assert!(r
+            .tel
+            .logged("routing every request to stable until etcd answers"));
+        assert_eq!(r.tel.gauge_of(NAME, Stat::FleetFallback), Some(1));
+    }
+    let canary_before: Vec<u64> = f.replicas.iter().map(|r| r.sent.canary_requests).collect();
+    f.run(3_000);
+    let canary_after: Vec<u64> = f.replicas.iter().map(|r| r.sent.canary_requests).collect();
+    assert_eq!(
+        canary_before, canary_after,
+        "nothing to the canary while etcd is down"
+    );
+    assert!(f.judges().is_empty(), "no judge decides on a stale state");
+    f.etcd_down = false;
+    assert!(
+        f.run_until(15_000, |f| f.all(Phase::Succeeded)),
+        "{:?}",
+        f.written
+    );
+    assert!(f
+        .replicas
+        .iter()
+        .all(|r| r.tel.logged("following the fleet")));
+}
+
+#[test]
+fn a_forged_state_above_the_last_step_is_refused_and_sends_the_replicas_to_stable() {
+    let mut f = Fleet::new(&[2, 2, 2], &fleet_config(&[]));
+    assert!(f.run_until(10_000, |f| f.etcd_state().is_some_and(|s| s.weight >= 5)));
+    let mut forged = f.etcd_state().unwrap();
+    forged.weight = 90; // a valid record (checksum and all), but above the last step (50)
+    f.etcd.put_raw(STATE_KEY, &forged.encode());
+    f.run(600);
+    for r in &f.replicas {
+        assert_eq!(r.weight(), 0, "{:?}", r.history);
+        assert!(r.tel.logged("weight 90 above the last step 50"));
+    }
+    assert!(f
+        .replicas
+        .iter()
+        .all(|r| r.history.iter().all(|h| h.2 != 90)));
+}
+
+#[test]
+fn a_partitioned_replica_falls_back_alone_and_cannot_judge() {
+    let mut f = Fleet::new(&[2, 2, 2], &fleet_config(&[]));
+    assert!(f.run_until(10_000, |f| f.etcd_state().is_some_and(|s| s.weight >= 5)));
+    let judge = f.judges()[0];
+    f.cut[judge] = true;
+    f.run(LEASE_TTL_MS + 500);
+    assert_eq!(
+        f.replicas[judge].weight(),
+        0,
+        "the cut judge routes to stable"
+    );
+    assert_eq!(
+        f.replicas[judge].tel.gauge_of(NAME, Stat::FleetJudge),
+        Some(0),
+        "and stopped judging"
+    );
+    let others: Vec<usize> = (0..3).filter(|i| *i != judge).collect();
+    assert_eq!(f.judges().len(), 1, "another replica took the judge key");
+    assert!(f.run_until(15_000, |f| others
+        .iter()
+        .all(|i| f.replicas[*i].phase() == Some(Phase::Succeeded))));
+    assert_eq!(f.replicas[judge].weight(), 0);
+    f.cut[judge] = false;
+    assert!(f.run_until(2_000, |f| f.replicas[judge].phase()
+        == Some(Phase::Succeeded)));
+}
+
+#[test]
+fn a_failing_canary_is_rolled_back_once_and_a_new_replica_follows_the_failure() {
+    let mut f = Fleet::new(
+        &[3, 1, 1],
+        &fleet_config(&[("/analysis/threshold", json!(2))]),
+    );
+    assert!(f.run_until(10_000, |f| f.etcd_state().is_some_and(|s| s.weight >= 5)));
+    for r in &mut f.replicas {
+        r.backend.canary_5xx_pct = 50;
+    }
+    assert!(
+        f.run_until(10_000, |f| f.all(Phase::Failed)),
+        "{:?}",
+        f.written
+    );
+    let rollbacks: u64 = f.replicas.iter().map(|r| r.counter(Stat::Rollbacks)).sum();
+    assert_eq!(rollbacks, 1, "one rollback, by the judge");
+    // A new proxy (a restart) with a release approval in effect follows Failed at once.
+    let raw = fleet_config(&[
+        ("/analysis/threshold", json!(2)),
+        ("/approvedUntil", json!("2099-01-01T00:00:00Z")),
+    ]);
+    let mut late = Sim::starting_at(f.now(), Mode::Singleton, 2, &raw);
+    late.singleton.as_mut().unwrap().host.node_id = Some("replica-late".into());
+    late.load = 2;
+    f.replicas.push(late);
+    f.cut.push(false);
+    f.run(1_000);
+    let late = f.replicas.last().unwrap();
+    assert_eq!(late.phase(), Some(Phase::Failed), "{:?}", late.history);
+    assert_eq!(
+        late.sent.canary_requests, 0,
+        "never a request to the failed revision"
+    );
+}
