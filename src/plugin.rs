@@ -261,8 +261,12 @@ impl Root {
                     w.shutdown(env.store, env.telemetry);
                 }
                 analyser.shutdown(env.store, env.telemetry);
+                analyser.leave_fleet(env.telemetry, env.host);
             }
-            Role::Singleton(s) => s.shutdown(env.store, env.telemetry),
+            Role::Singleton(s) => {
+                s.shutdown(env.store, env.telemetry);
+                s.leave_fleet(env.telemetry, env.host);
+            }
             Role::Inert(_) | Role::Unconfigured => {}
         }
     }

@@ -11,6 +11,7 @@
     clippy::indexing_slicing
 )]
 
+use canary_guard::analyser::WORKER_GRACE_MS;
 use canary_guard::host::Stat;
 use canary_guard::state::{CanaryState, Phase};
 use canary_guard::testkit::fake_etcd::FakeEtcd;
@@ -45,15 +46,20 @@ struct Fleet {
 impl Fleet {
     /// `loads[i]` requests per 10 ms step through replica i (uneven on purpose).
     fn new(loads: &[u64], raw: &str) -> Fleet {
+        Fleet::with_mode(Mode::Singleton, loads, raw)
+    }
+
+    /// Leader mode: no singleton, the workers elect the analyser (Istio).
+    fn with_mode(mode: Mode, loads: &[u64], raw: &str) -> Fleet {
         let replicas = loads
             .iter()
             .enumerate()
             .map(|(i, load)| {
-                let mut sim = Sim::new(Mode::Singleton, 2, raw);
+                let mut sim = Sim::new(mode, 2, raw);
                 sim.load = *load;
-                let single = sim.singleton.as_mut().unwrap();
-                single.host.node_id = Some(format!("replica-{i}"));
-                single.host.random = Some(0x1000 + i as u64);
+                for n in sim.nodes.iter_mut().chain(sim.singleton.iter_mut()) {
+                    n.host.node_id = Some(format!("replica-{i}"));
+                }
                 sim
             })
             .collect::<Vec<_>>();
@@ -115,8 +121,7 @@ impl Fleet {
         (0..self.replicas.len())
             .filter(|i| {
                 let r = &self.replicas[*i];
-                r.singleton.as_ref().is_some_and(|s| s.ticking)
-                    && r.tel.gauge_of(NAME, Stat::FleetJudge) == Some(1)
+                alive(r) && r.tel.gauge_of(NAME, Stat::FleetJudge) == Some(1)
             })
             .collect()
     }
@@ -124,9 +129,14 @@ impl Fleet {
     fn all(&self, phase: Phase) -> bool {
         self.replicas
             .iter()
-            .filter(|r| r.singleton.as_ref().is_some_and(|s| s.ticking))
+            .filter(|r| alive(r))
             .all(|r| r.phase() == Some(phase))
     }
+}
+
+/// The proxy still runs (not killed).
+fn alive(r: &Sim) -> bool {
+    r.nodes.iter().chain(r.singleton.iter()).any(|n| n.ticking)
 }
 
 #[test]
@@ -343,4 +353,38 @@ fn a_failing_canary_is_rolled_back_once_and_a_new_replica_follows_the_failure() 
         late.sent.canary_requests, 0,
         "never a request to the failed revision"
     );
+}
+
+#[test]
+fn istio_shape_a_reload_hands_the_judge_role_over_without_waiting_for_the_lease() {
+    // A long etcd lease (6 s): without the revoke the new leader would wait for it.
+    let raw = fleet_config(&[
+        ("/analysis/stepWeights", json!([10, 20, 30, 40, 50])),
+        ("/fleet/leaseTTL", json!("6s")),
+    ]);
+    let mut f = Fleet::with_mode(Mode::Leader, &[2, 2, 2], &raw);
+    assert!(f.run_until(10_000, |f| f.etcd_state().is_some_and(|s| s.weight >= 20)));
+    let judge = f.judges()[0];
+    // ECDS pushes the same revision again: every worker root context is replaced.
+    f.replicas[judge].reconfigure_all(&raw);
+    for n in &mut f.replicas[judge].nodes {
+        n.host.node_id = Some(format!("replica-{judge}"));
+    }
+    let reloaded_at = f.now();
+    assert!(f.replicas[judge]
+        .tel
+        .logged("left the fleet: etcd lease revoked, judge key released"));
+    assert!(f.run_until(6_000, |f| f.judges().len() == 1));
+    let took = f.now() - reloaded_at;
+    // The new workers' election grace (1 s), a lease grant, a poll and the campaign.
+    assert!(
+        took < WORKER_GRACE_MS + 1_000,
+        "a judge again {took} ms after the reload (without the revoke: about the 6 s lease)"
+    );
+    assert!(
+        f.run_until(15_000, |f| f.all(Phase::Succeeded)),
+        "{:?}",
+        f.written
+    );
+    assert_eq!(f.max_judges, 1);
 }

@@ -414,6 +414,44 @@ impl Analyser {
         }
     }
 
+    /// This analyser no longer stands for its proxy (it handed the lead over, or its context
+    /// is done): it gives up its etcd lease, so that its judge key and record go now rather
+    /// than a lease TTL later, and the analyser that leads next can be judge at once. The
+    /// revoke is best effort (its answer is not awaited; a lost one leaves the lease to expire).
+    pub fn leave_fleet(&mut self, tel: &mut dyn Telemetry, host: &mut dyn HttpCalls) {
+        let Some(agent) = self.fleet.as_deref_mut() else {
+            return;
+        };
+        let Some(lease) = agent.lease.take() else {
+            return;
+        };
+        let was_judge = agent.judge.take().is_some();
+        agent.pending.clear();
+        agent.holder = None;
+        agent.clock_started = false;
+        let req = etcd::lease_revoke(lease);
+        let out = OutCall {
+            cluster: &agent.conf.etcd_cluster,
+            authority: &agent.conf.authority,
+            path: req.path,
+            body: &req.body,
+            timeout_ms: agent.conf.timeout_ms,
+        };
+        let sent = host.post(&out).is_ok();
+        tel.gauge(&self.cfg.name, Stat::FleetJudge, 0);
+        let line = format!(
+            "left the fleet: etcd lease {}{} ({})",
+            if sent { "revoked" } else { "left to expire" },
+            if was_judge {
+                ", judge key released"
+            } else {
+                ""
+            },
+            agent.replica
+        );
+        self.log.revision(tel, Level::Info, &line);
+    }
+
     /// Whether `token` is one of this analyser's calls.
     pub fn owns_call(&self, token: u32) -> bool {
         self.fleet

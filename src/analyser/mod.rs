@@ -129,6 +129,7 @@ impl Analyser {
         now_ms: u64,
     ) {
         if !self.lead(store, tel, now_ms) {
+            self.leave_fleet(tel, host);
             return;
         }
         if self.fleet.is_some() {

@@ -134,4 +134,11 @@ impl Singleton {
             a.shutdown(store, tel);
         }
     }
+
+    /// Every analyser in fleet mode gives up its etcd lease (the context is done).
+    pub fn leave_fleet(&mut self, tel: &mut dyn Telemetry, host: &mut dyn HttpCalls) {
+        for (_, a) in self.analysers.values_mut() {
+            a.leave_fleet(tel, host);
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! An in-memory etcd v3 behind the HTTP/JSON gateway, for fleet-mode tests against the fake
 //! host: the requests `fleet::etcd` builds (range, put, txn with CREATE/MOD compares, delete,
-//! lease grant and keepalive) answered in the gateway's format (base64 keys and values, int64
+//! lease grant, keepalive and revoke) answered in the gateway's format (base64 keys and values, int64
 //! fields as strings, `succeeded` omitted when false, keepalive wrapped in `result`), with
 //! leases that expire on the test's clock and take their keys with them. Only what canary-guard
 //! sends is implemented; anything else is a 404, as the gateway answers an unknown path.
@@ -61,6 +61,7 @@ impl FakeEtcd {
             "/v3/kv/txn" => self.txn(&req),
             "/v3/lease/grant" => Some(self.grant(&req, now_ms)),
             "/v3/lease/keepalive" => Some(self.keepalive(&req, now_ms)),
+            "/v3/lease/revoke" => self.revoke(&req),
             _ => return (404, br#"{"error":"not found"}"#.to_vec()),
         };
         match answer {
@@ -242,6 +243,18 @@ impl FakeEtcd {
         let ttl_ms = ttl_s as u64 * 1000;
         self.leases.insert(id, (ttl_ms, now_ms + ttl_ms));
         json!({"header": self.header(), "ID": id.to_string(), "TTL": ttl_s.to_string()})
+    }
+
+    /// The lease and its keys go at once (None: no such lease, as etcd refuses it).
+    fn revoke(&mut self, req: &Value) -> Option<Value> {
+        let id = int(&req["ID"]);
+        self.leases.remove(&id)?;
+        let before = self.kv.len();
+        self.kv.retain(|_, e| e.lease != id);
+        if self.kv.len() != before {
+            self.revision += 1;
+        }
+        Some(json!({"header": self.header()}))
     }
 
     fn keepalive(&mut self, req: &Value, now_ms: u64) -> Value {
