@@ -144,7 +144,7 @@ bench-deps: ## Install wrk (Debian package) if missing
 	@command -v wrk >/dev/null || { echo "bench: installing wrk (apt-get)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 	@command -v taskset >/dev/null || echo "bench: taskset (util-linux) not found: CPUs will not be pinned" >&2
 
-bench: setup build bench-fixture bench-deps ## Benchmarks (not in make test): core ns/op, proxy A/B/C/D/F (fleet) CPU per request, rollback reaction, fleet propagation, memory -> out/bench/results.md (BENCH_ARGS)
+bench: setup build bench-fixture bench-deps setup-etcd ## Benchmarks (not in make test): core ns/op, proxy A/B/C/D/F (fleet) CPU per request, rollback reaction, fleet propagation, memory -> out/bench/results.md (BENCH_ARGS)
 	cargo bench --bench core
 	$(PY) -m scripts.bench $(BENCH_ARGS)
 

@@ -117,7 +117,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(conf: config::Fleet, now_ms: u64) -> Self {
+    /// A replica that has read nothing yet (its staleness clock starts at its first tick).
+    pub fn new(conf: config::Fleet) -> Self {
         Agent {
             conf,
             replica: String::new(),
@@ -129,7 +130,7 @@ impl Agent {
             holder: None,
             followed: None,
             absent: false,
-            last_good_ms: now_ms,
+            last_good_ms: 0,
             fallback: false,
             unreachable: false,
             failed_seen: false,

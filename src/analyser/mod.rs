@@ -68,7 +68,7 @@ impl Analyser {
         Analyser {
             own_config: None,
             not_before_ms: None,
-            fleet: cfg.fleet.clone().map(|f| Box::new(fleet::Agent::new(f, 0))),
+            fleet: cfg.fleet.clone().map(|f| Box::new(fleet::Agent::new(f))),
             keys: Keys::new(&cfg.name),
             log: CanaryLog::new(&cfg),
             cfg,

@@ -53,6 +53,29 @@ def fleet(launcher, backends, etcd, cfg, n=3, **kw):
     return [fleet_proxy(launcher, backends, etcd, cfg, name=f"replica-{i}", **kw) for i in range(n)]
 
 
+class Loads:
+    """A load generator per proxy (one rate for all, or one each), stopped on exit."""
+
+    def __init__(self, proxies, rates):
+        rates = list(rates) if isinstance(rates, (list, tuple)) else [rates] * len(proxies)
+        self.gens = [harness.LoadGenerator(p.url, rate=r, connections=2).start()
+                     for p, r in zip(proxies, rates)]
+
+    def restart(self, i: int, proxy, rate: float) -> None:
+        """Replica i's clients start over (it was restarted)."""
+        self.gens[i].stop()
+        self.gens[i] = harness.LoadGenerator(proxy.url, rate=rate, connections=2).start()
+
+    def stop(self) -> list:
+        return [g.stop() for g in self.gens]
+
+    def __enter__(self) -> "Loads":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def judges(proxies) -> list:
     return [p for p in proxies if p.alive() and stat(p, "fleet.judge", 0) == 1]
 
@@ -66,14 +89,9 @@ def test_uneven_load_promotes_on_every_replica(launcher, backends, etcd):
     proxies = fleet(launcher, backends, etcd, canary_cfg(stepWeights=[20, 40, 60]))
     # 80 / 16 / 3 req/s: the fleet's canary traffic (~20/s at weight 20) is well above
     # minRequests 10 per check; the quiet replica's own (<1/s) is far below it.
-    loads = [harness.LoadGenerator(p.url, rate=r, connections=2).start()
-             for p, r in zip(proxies, (80, 16, 3))]
-    try:
+    with Loads(proxies, (80, 16, 3)) as loads:
         for p in proxies:
             wait_phase(p, SUCCEEDED, timeout=40)
-    finally:
-        for l in loads:
-            l.stop()
     assert len(judges(proxies)) == 1
     for p in proxies:
         assert stat(p, "weight") == 100
@@ -103,9 +121,7 @@ def test_failing_canary_is_rolled_back_once_and_a_restarted_replica_sends_it_not
     cfg["approvedUntil"] = "2099-01-01T00:00:00Z"  # a release approval in effect throughout
     proxies = fleet(launcher, backends, etcd, cfg)
     backends.set_canary_fault(abort_percent=50)
-    loads = [harness.LoadGenerator(p.url, rate=r, connections=2).start()
-             for p, r in zip(proxies, (40, 20, 10))]
-    try:
+    with Loads(proxies, (40, 20, 10)) as loads:
         for p in proxies:
             wait_phase(p, FAILED, timeout=30)
         # Once every replica follows Failed, none sends the canary anything more.
@@ -122,22 +138,17 @@ def test_failing_canary_is_rolled_back_once_and_a_restarted_replica_sends_it_not
         assert rollbacks == 1, "one rollback, counted by the judge that made it"
         # A replica restarted after the rollback follows Failed, approval or not.
         quiet = proxies[2]
-        loads[2].stop()
         restart(quiet)
-        loads[2] = harness.LoadGenerator(quiet.url, rate=20, connections=2).start()
+        loads.restart(2, quiet, 20)
         wait_phase(quiet, FAILED, timeout=10)
         quiet.wait_more_requests(60, "after the restart")
         assert canary_requests(quiet) == 0, "a restarted replica never sends the failed revision traffic"
-    finally:
-        for l in loads:
-            l.stop()
 
 
 def test_judge_killed_another_takes_over_and_the_analysis_goes_on(launcher, backends, etcd):
     cfg = canary_cfg(stepWeights=[10, 15, 20, 25, 30, 35, 40, 45], minRequests=5)
     proxies = fleet(launcher, backends, etcd, cfg)
-    loads = [harness.LoadGenerator(p.url, rate=30, connections=2).start() for p in proxies]
-    try:
+    with Loads(proxies, 30) as loads:
         proxies[0].wait_for(lambda: len(judges(proxies)) == 1, 10, "one judge")
         proxies[0].wait_for(lambda: (stat(proxies[0], "weight") or 0) >= 15, 20, "weight >= 15")
         (judge,) = judges(proxies)
@@ -160,9 +171,6 @@ def test_judge_killed_another_takes_over_and_the_analysis_goes_on(launcher, back
                     steps.append(line.split("advance weight ")[1].split(" ->")[0])
         assert len(steps) == len(set(steps)), f"a weight stepped twice: {steps}"
         assert weight_at_kill >= 15
-    finally:
-        for l in loads:
-            l.stop()
 
 
 def all_stable(proxies) -> bool:
@@ -174,8 +182,7 @@ def test_etcd_down_routes_everyone_to_stable_and_the_fleet_resumes_when_it_is_ba
     cfg = canary_cfg(stepWeights=[20, 40, 60, 80], minRequests=5)
     cfg["analysis"]["interval"] = "2s"
     proxies = fleet(launcher, backends, etcd, cfg)
-    loads = [harness.LoadGenerator(p.url, rate=20, connections=2).start() for p in proxies]
-    try:
+    with Loads(proxies, 20) as loads:
         for p in proxies:
             p.wait_for(lambda p=p: stat(p, "weight") == 40, 30, f"{p.name} at weight 40")
         etcd.stop()
@@ -194,8 +201,7 @@ def test_etcd_down_routes_everyone_to_stable_and_the_fleet_resumes_when_it_is_ba
         for p in proxies:
             wait_phase(p, SUCCEEDED, timeout=40)
             assert "following the fleet" in p.log_text()
-    finally:
-        records = [l.stop() for l in loads]
+        records = loads.stop()
     for r in records:
         statuses = {status for _, status, _ in r}
         assert statuses == {200}, f"no client request fails because of the store: {statuses}"
@@ -206,8 +212,7 @@ def test_forged_and_corrupt_records_are_rejected_and_stable_gets_the_traffic(
     cfg = canary_cfg(stepWeights=[20, 40], minRequests=5)
     cfg["analysis"]["interval"] = "3s"
     proxies = fleet(launcher, backends, etcd, cfg)
-    loads = [harness.LoadGenerator(p.url, rate=20, connections=2).start() for p in proxies]
-    try:
+    with Loads(proxies, 20) as loads:
         for p in proxies:
             p.wait_for(lambda p=p: stat(p, "weight") == 20, 30, f"{p.name} at weight 20")
         # A tally record that is not one: the judge ignores it and says so.
@@ -229,21 +234,14 @@ def test_forged_and_corrupt_records_are_rejected_and_stable_gets_the_traffic(
             p.wait_more_requests(20, "with a forged state")
         assert [canary_requests(p) for p in proxies] == settled
         assert all((stat(p, "weight") or 0) == 0 for p in proxies)
-    finally:
-        for l in loads:
-            l.stop()
 
 
 def test_state_survives_an_etcd_restart_and_a_new_replica_follows_it(launcher, backends, etcd):
     cfg = canary_cfg(stepWeights=[50], minRequests=5)
     proxies = fleet(launcher, backends, etcd, cfg, n=2)
-    loads = [harness.LoadGenerator(p.url, rate=30, connections=2).start() for p in proxies]
-    try:
+    with Loads(proxies, 30) as loads:
         for p in proxies:
             wait_phase(p, SUCCEEDED, timeout=30)
-    finally:
-        for l in loads:
-            l.stop()
     for p in proxies:
         p.stop()
     etcd.stop()
@@ -258,8 +256,7 @@ def test_a_forged_state_cannot_revive_a_failed_revision(launcher, backends, etcd
     cfg = canary_cfg(stepWeights=[30], minRequests=5)
     proxies = fleet(launcher, backends, etcd, cfg, n=2)
     backends.set_canary_fault(abort_percent=100)
-    loads = [harness.LoadGenerator(p.url, rate=30, connections=2).start() for p in proxies]
-    try:
+    with Loads(proxies, 30) as loads:
         for p in proxies:
             wait_phase(p, FAILED, timeout=30)
         failed = parse_state(etcd.get("/canary-guard/web/state/v2"))
@@ -274,9 +271,6 @@ def test_a_forged_state_cannot_revive_a_failed_revision(launcher, backends, etcd
         for p in proxies:
             p.wait_more_requests(30, "after the forged revival")
         assert [canary_requests(p) for p in proxies] == settled
-    finally:
-        for l in loads:
-            l.stop()
 
 
 def test_a_partitioned_replica_falls_back_to_stable_and_cannot_write(launcher, backends, etcd):
@@ -288,8 +282,7 @@ def test_a_partitioned_replica_falls_back_to_stable_and_cannot_write(launcher, b
     isolated.wait_for(lambda: stat(isolated, "fleet.judge", 0) == 1, 10, "the first replica judges")
     rest = fleet(launcher, backends, etcd, cfg, n=2)
     proxies = [isolated, *rest]
-    loads = [harness.LoadGenerator(p.url, rate=25, connections=2).start() for p in proxies]
-    try:
+    with Loads(proxies, 25) as loads:
         for p in proxies:
             p.wait_for(lambda p=p: (stat(p, "weight") or 0) >= 20, 30, f"{p.name} at weight 20")
         cut_off.cut()
@@ -307,9 +300,6 @@ def test_a_partitioned_replica_falls_back_to_stable_and_cannot_write(launcher, b
         cut_off.heal()
         wait_phase(isolated, SUCCEEDED, timeout=15)
         assert stat(isolated, "weight") == 100
-    finally:
-        for l in loads:
-            l.stop()
 
 
 ISTIO_ETCD = "outbound|2379||etcd.infra.svc.cluster.local"
@@ -329,13 +319,9 @@ def test_istio_shape_in_fleet_mode(launcher, backends, etcd):
                          cluster=ISTIO_ETCD)
         launcher._track(p)
         proxies.append(p.start())
-    loads = [harness.LoadGenerator(p.url, rate=r, connections=2).start() for p, r in zip(proxies, (40, 5))]
-    try:
+    with Loads(proxies, (40, 5)) as loads:
         for p in proxies:
             wait_phase(p, SUCCEEDED, timeout=40)
-    finally:
-        for l in loads:
-            l.stop()
     assert len(judges(proxies)) == 1
     for p in proxies:
         assert "worker (leader election)" in p.log_text()
@@ -351,13 +337,9 @@ def test_tls_to_an_etcd_that_requires_client_certificates(launcher, backends):
         with pytest.raises(requests.RequestException):
             requests.post(f"{etcd.url}/v3/kv/range", json={"key": "eA=="}, verify=str(certs.ca), timeout=3)
         proxies = fleet(launcher, backends, etcd, canary_cfg(stepWeights=[25, 50], minRequests=5), n=2)
-        loads = [harness.LoadGenerator(p.url, rate=30, connections=2).start() for p in proxies]
-        try:
+        with Loads(proxies, 30) as loads:
             for p in proxies:
                 wait_phase(p, SUCCEEDED, timeout=30)
-        finally:
-            for l in loads:
-                l.stop()
         assert len(judges(proxies)) == 1
         assert parse_state(etcd.get("/canary-guard/web/state/v2"))["phase"] == SUCCEEDED
     finally:
