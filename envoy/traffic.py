@@ -40,7 +40,7 @@ import urllib.request
 
 CANARY = "web"  # the "name" in envoy/envoy.yaml's plugin configuration
 STAT_PREFIX = f"wasmcustom.canary_guard.{CANARY}."
-PHASES = {0: "Initializing", 1: "Progressing", 2: "Promoting", 3: "Succeeded", 4: "Failed", 5: "Waiting"}
+PHASES = {0: "Initializing", 1: "Progressing", 2: "Promoting", 3: "Succeeded", 4: "Failed", 5: "Waiting", 6: "WaitingPromotion"}
 PROGRESSING, FAILED = 1, 4
 
 

@@ -45,7 +45,7 @@ pub fn decide(
         // Not started, rolled back, or held: nothing reaches the canary, not even match traffic.
         Phase::Initializing | Phase::Failed | Phase::Waiting => return Decision::new(Side::Stable),
         Phase::Succeeded => return Decision::new(Side::Canary),
-        Phase::Progressing | Phase::Promoting => {}
+        Phase::Progressing | Phase::Promoting | Phase::WaitingPromotion => {}
     }
     let mut budget = Budget::default();
     let matched = any_matches(&cfg.analysis.matches, header, &mut budget);

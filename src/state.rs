@@ -15,6 +15,9 @@ pub enum Phase {
     /// proxy) and `restartPolicy` is `hold`; weight 0 until the revision changes or an approval
     /// (`approvedUntil`) is in effect.
     Waiting = 5,
+    /// Flagger's WaitingPromotion: the last step passed its checks but a `confirm-promotion`
+    /// webhook has not approved; the weight stays at the last step and checks keep running.
+    WaitingPromotion = 6,
 }
 
 impl Phase {
@@ -26,6 +29,7 @@ impl Phase {
             3 => Phase::Succeeded,
             4 => Phase::Failed,
             5 => Phase::Waiting,
+            6 => Phase::WaitingPromotion,
             _ => return None,
         })
     }
@@ -38,12 +42,16 @@ impl Phase {
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
             Phase::Waiting => "Waiting",
+            Phase::WaitingPromotion => "WaitingPromotion",
         }
     }
 
     /// Phases in which checks run and `match` rules apply.
     pub fn is_running(self) -> bool {
-        matches!(self, Phase::Progressing | Phase::Promoting)
+        matches!(
+            self,
+            Phase::Progressing | Phase::Promoting | Phase::WaitingPromotion
+        )
     }
 }
 

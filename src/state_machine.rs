@@ -1,7 +1,7 @@
 //! The analysis state machine (Flagger semantics), pure: given the configuration, the current
 //! state and the metric results of one check, it returns the next state and the events to log.
 
-use crate::config::{Config, RestartPolicy, Steps};
+use crate::config::{Config, HookType, RestartPolicy, Steps};
 use crate::metrics::{num, MetricResult, Verdict};
 use crate::state::{CanaryState, Phase};
 use std::fmt;
@@ -54,6 +54,52 @@ pub enum Event {
         cause: Cause,
         by: Release,
     },
+    /// A `confirm-rollout` webhook has not approved the start: weight 0, phase Waiting.
+    AwaitingRollout {
+        hook: String,
+    },
+    /// A `confirm-traffic-increase` webhook has not approved the next weight: weight held.
+    AwaitingTrafficIncrease {
+        hook: String,
+        weight: u8,
+    },
+    /// A `confirm-promotion` webhook has not approved the promotion: phase WaitingPromotion,
+    /// the weight held at the last step, checks going on.
+    AwaitingPromotion {
+        hook: String,
+        weight: u8,
+    },
+    /// A `rollback` webhook answered 2xx: rolled back at once.
+    ManualRollback {
+        hook: String,
+        from: u8,
+    },
+}
+
+/// What the webhooks answered for one check (`analyser::hooks` asks them), with Flagger's
+/// meaning (fluxcd/flagger `pkg/controller/scheduler_hooks.go`): all `None`/empty when the
+/// configuration has no such hook.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gates {
+    /// `rollout` hooks (or, before the first weight, `pre-rollout` hooks) that failed, with
+    /// why: each fails the check, as a broken metric does.
+    pub failed: Vec<(String, String)>,
+    /// The `confirm-traffic-increase` hook that did not approve the next weight.
+    pub traffic_increase: Option<String>,
+    /// The `confirm-promotion` hook that did not approve the promotion.
+    pub promotion: Option<String>,
+    /// The `rollback` hook that answered 2xx.
+    pub rollback: Option<String>,
+}
+
+impl Gates {
+    /// No hook objects: what a configuration without webhooks always gets.
+    pub const OPEN: Gates = Gates {
+        failed: Vec::new(),
+        traffic_increase: None,
+        promotion: None,
+        rollback: None,
+    };
 }
 
 /// Why the analyser had no running state for the configured revision.
@@ -109,6 +155,10 @@ impl fmt::Display for Logged<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "canary {} rev {}: ", self.name, self.revision)?;
         match self.event {
+            Event::Started { weight: 0 } => write!(
+                f,
+                "starting analysis, phase Progressing, weight 0 (the first step waits for the pre-rollout and confirm-traffic-increase webhooks)"
+            ),
             Event::Started { weight } => {
                 write!(f, "starting analysis, phase Progressing, weight 0 -> {weight}")
             }
@@ -146,6 +196,22 @@ impl fmt::Display for Logged<'_> {
                 };
                 write!(f, "{cause}, {by}: starting the analysis")
             }
+            Event::AwaitingRollout { hook } => write!(
+                f,
+                "halt advancement, waiting for approval: confirm-rollout webhook {hook} (weight 0, phase Waiting)"
+            ),
+            Event::AwaitingTrafficIncrease { hook, weight } => write!(
+                f,
+                "halt advancement, waiting for traffic increase approval: confirm-traffic-increase webhook {hook} (weight held at {weight})"
+            ),
+            Event::AwaitingPromotion { hook, weight } => write!(
+                f,
+                "halt advancement, waiting for promotion approval: confirm-promotion webhook {hook} (weight held at {weight}, phase WaitingPromotion)"
+            ),
+            Event::ManualRollback { hook, from } => write!(
+                f,
+                "rolling back, manual webhook invoked: rollback webhook {hook} answered 2xx, weight {from} -> 0, phase Failed"
+            ),
         }
     }
 }
@@ -158,7 +224,16 @@ pub fn start(cfg: &Config, now_ms: u64) -> (CanaryState, Vec<Event>) {
         state.weight = 100;
         return (state, vec![Event::Skipped]);
     }
-    state.weight = cfg.analysis.steps.first_weight();
+    // With pre-rollout or confirm-traffic-increase webhooks the first weight is a step like any
+    // other (Flagger starts at 0 and asks them before it): the first check makes it.
+    let gated = matches!(cfg.analysis.steps, Steps::Linear { .. } | Steps::List(_))
+        && (cfg.analysis.has_hooks(HookType::PreRollout)
+            || cfg.analysis.has_hooks(HookType::ConfirmTrafficIncrease));
+    state.weight = if gated {
+        0
+    } else {
+        cfg.analysis.steps.first_weight()
+    };
     (
         state.clone(),
         vec![Event::Started {
@@ -249,26 +324,66 @@ pub fn is_due(cfg: &Config, state: &CanaryState, now_ms: u64) -> bool {
         && now_ms >= state.last_check_ms.saturating_add(cfg.analysis.interval_ms)
 }
 
-/// Applies one check's results.
+/// Whether this check is the one before the first weight (Flagger's weight 0, iteration 0):
+/// it asks the `pre-rollout` webhooks instead of measuring (no traffic has reached the
+/// canary yet), then makes the first step. Only with webhooks that gate that step, so a
+/// configuration without them starts at its first weight as before.
+pub fn is_start_check(cfg: &Config, state: &CanaryState) -> bool {
+    let a = &cfg.analysis;
+    state.phase == Phase::Progressing
+        && state.weight == 0
+        && state.iterations == 0
+        && match a.steps {
+            Steps::Iterations(_) => a.has_hooks(HookType::PreRollout),
+            _ => a.has_hooks(HookType::PreRollout) || a.has_hooks(HookType::ConfirmTrafficIncrease),
+        }
+}
+
+/// Applies one check's results and what the webhooks answered (`Gates::OPEN` without any).
 pub fn check(
     cfg: &Config,
     state: &CanaryState,
     results: &[MetricResult],
+    gates: &Gates,
     now_ms: u64,
 ) -> (CanaryState, Vec<Event>) {
     let a = &cfg.analysis;
     let mut next = state.clone();
     next.last_check_ms = now_ms;
     let mut events = Vec::new();
-    let failures = failure_reasons(results);
+    // Flagger asks the rollback webhooks first: a 2xx rolls back whatever the metrics say.
+    if let Some(hook) = &gates.rollback {
+        next.phase = Phase::Failed;
+        next.weight = 0;
+        events.push(Event::ManualRollback {
+            hook: hook.clone(),
+            from: state.weight,
+        });
+        return (next, events);
+    }
+    let start_check = is_start_check(cfg, state);
+    let mut failures = if start_check {
+        Vec::new() // before any traffic: only the pre-rollout webhooks count
+    } else {
+        failure_reasons(results)
+    };
+    for (hook, why) in &gates.failed {
+        let kind = if start_check {
+            "pre-rollout"
+        } else {
+            "rollout"
+        };
+        failures.push(format!("{kind} webhook {hook} failed: {why}"));
+    }
     // maxWeight (or the step list) lowered below the weight: come down to the new top. This
     // check judged traffic at the old weight, so it cannot promote.
     let top = a.steps.max_weight();
-    let lowered = state.phase == Phase::Progressing
+    let lowered = matches!(state.phase, Phase::Progressing | Phase::WaitingPromotion)
         && !matches!(a.steps, Steps::Iterations(_))
         && state.weight > top;
     if lowered {
         next.weight = top;
+        next.phase = Phase::Progressing;
         events.push(Event::Lowered {
             from: state.weight,
             to: top,
@@ -299,28 +414,47 @@ pub fn check(
     if a.consecutive {
         next.failed_checks = 0;
     }
-    next.iterations = state.iterations.saturating_add(1);
     if lowered {
+        next.iterations = state.iterations.saturating_add(1);
         return (next, events);
     }
 
     if state.phase == Phase::Promoting {
+        next.iterations = state.iterations.saturating_add(1);
         promote_step(cfg, &mut next, &mut events);
         return (next, events);
     }
     let advance = match &a.steps {
-        Steps::Iterations(n) if next.iterations < *n => {
-            events.push(Event::Iteration {
-                done: next.iterations,
-                of: *n,
-            });
-            return (next, events);
+        Steps::Iterations(n) => {
+            next.iterations = state.iterations.saturating_add(1);
+            if next.iterations < *n || start_check {
+                events.push(Event::Iteration {
+                    done: next.iterations,
+                    of: *n,
+                });
+                return (next, events);
+            }
+            None
         }
-        Steps::Iterations(_) => None,
-        steps => steps.next_weight(state.weight),
+        steps if start_check => Some(steps.first_weight()),
+        _ if state.phase == Phase::WaitingPromotion => {
+            next.iterations = state.iterations.saturating_add(1);
+            None
+        }
+        steps => {
+            next.iterations = state.iterations.saturating_add(1);
+            steps.next_weight(state.weight)
+        }
     };
     match advance {
         Some(to) => {
+            if let Some(hook) = &gates.traffic_increase {
+                events.push(Event::AwaitingTrafficIncrease {
+                    hook: hook.clone(),
+                    weight: state.weight,
+                });
+                return (next, events);
+            }
             next.weight = to;
             events.push(Event::Advance {
                 from: state.weight,
@@ -328,6 +462,17 @@ pub fn check(
             });
         }
         None => {
+            if let Some(hook) = &gates.promotion {
+                // Flagger logs the hold once, when it starts waiting.
+                if state.phase != Phase::WaitingPromotion {
+                    next.phase = Phase::WaitingPromotion;
+                    events.push(Event::AwaitingPromotion {
+                        hook: hook.clone(),
+                        weight: state.weight,
+                    });
+                }
+                return (next, events);
+            }
             // A passing check at maxWeight promotes.
             next.phase = Phase::Promoting;
             promote_step(cfg, &mut next, &mut events);
@@ -436,7 +581,7 @@ mod tests {
         while s.phase != Phase::Succeeded {
             now += 1000;
             assert!(is_due(&cfg, &s, now));
-            let (n, _) = check(&cfg, &s, &healthy(&cfg), now);
+            let (n, _) = check(&cfg, &s, &healthy(&cfg), &Gates::OPEN, now);
             s = n;
             weights.push(s.weight);
         }
@@ -448,7 +593,7 @@ mod tests {
     fn advance_is_logged_with_figures() {
         let cfg = with("/analysis/stepWeights", None).unwrap();
         let (s, _) = start(&cfg, 0);
-        let (_, ev) = check(&cfg, &s, &healthy(&cfg), 1000);
+        let (_, ev) = check(&cfg, &s, &healthy(&cfg), &Gates::OPEN, 1000);
         assert_eq!(
             text(&cfg, &ev[0]),
             "canary web rev v2: advance weight 10 -> 20"
@@ -459,17 +604,17 @@ mod tests {
     fn failed_checks_accumulate_and_roll_back_at_threshold() {
         let cfg = example();
         let (s0, _) = start(&cfg, 0);
-        let (s1, e1) = check(&cfg, &s0, &failing(&cfg), 1000);
+        let (s1, e1) = check(&cfg, &s0, &failing(&cfg), &Gates::OPEN, 1000);
         assert_eq!(s1.failed_checks, 1);
         assert_eq!(s1.weight, s0.weight, "weight held");
         assert_eq!(text(&cfg, &e1[0]), "canary web rev v2: halt advancement, request-success-rate 80% < 99% (failed checks 1/3)");
-        let (s2, _) = check(&cfg, &s1, &healthy(&cfg), 2000);
+        let (s2, _) = check(&cfg, &s1, &healthy(&cfg), &Gates::OPEN, 2000);
         assert_eq!(
             s2.failed_checks, 1,
             "a passing check does not reset the running total"
         );
-        let (s3, _) = check(&cfg, &s2, &failing(&cfg), 3000);
-        let (s4, e4) = check(&cfg, &s3, &failing(&cfg), 4000);
+        let (s3, _) = check(&cfg, &s2, &failing(&cfg), &Gates::OPEN, 3000);
+        let (s4, e4) = check(&cfg, &s3, &failing(&cfg), &Gates::OPEN, 4000);
         assert_eq!(
             (s4.phase, s4.weight, s4.failed_checks),
             (Phase::Failed, 0, 3)
@@ -490,7 +635,7 @@ mod tests {
             ..CanaryState::new("v2", 0)
         };
         cfg.analysis.steps = Steps::Linear { step: 10, max: 30 };
-        let (next, events) = check(&cfg, &at_50, &healthy(&cfg), 1_000);
+        let (next, events) = check(&cfg, &at_50, &healthy(&cfg), &Gates::OPEN, 1_000);
         assert_eq!((next.weight, next.phase), (30, Phase::Progressing));
         assert_eq!(events, vec![Event::Lowered { from: 50, to: 30 }]);
         assert_eq!(
@@ -498,10 +643,10 @@ mod tests {
             "canary web rev v2: the top step is now 30: weight 50 -> 30, promotion after a passing check at 30"
         );
         // The next passing check, at 30, promotes.
-        let (next, _) = check(&cfg, &next, &healthy(&cfg), 2_000);
+        let (next, _) = check(&cfg, &next, &healthy(&cfg), &Gates::OPEN, 2_000);
         assert_eq!(next.phase, Phase::Succeeded);
         // A failing check on the lowered weight counts as usual.
-        let (next, events) = check(&cfg, &at_50, &failing(&cfg), 1_000);
+        let (next, events) = check(&cfg, &at_50, &failing(&cfg), &Gates::OPEN, 1_000);
         assert_eq!((next.weight, next.failed_checks), (30, 1));
         assert!(matches!(events[1], Event::Halt { .. }), "{events:?}");
     }
@@ -510,8 +655,8 @@ mod tests {
     fn consecutive_mode_resets_on_pass() {
         let cfg = with("/analysis/consecutive", Some(true.into())).unwrap();
         let (s0, _) = start(&cfg, 0);
-        let (s1, _) = check(&cfg, &s0, &failing(&cfg), 1000);
-        let (s2, _) = check(&cfg, &s1, &healthy(&cfg), 2000);
+        let (s1, _) = check(&cfg, &s0, &failing(&cfg), &Gates::OPEN, 1000);
+        let (s2, _) = check(&cfg, &s1, &healthy(&cfg), &Gates::OPEN, 2000);
         assert_eq!(s2.failed_checks, 0);
     }
 
@@ -526,7 +671,7 @@ mod tests {
             .map(|m| evaluate(m, 20, &Tally::default()))
             .collect();
         assert!(matches!(none[0].verdict, Verdict::NoData { .. }));
-        let (s1, ev) = check(&cfg, &s0, &none, 1000);
+        let (s1, ev) = check(&cfg, &s0, &none, &Gates::OPEN, 1000);
         assert_eq!(s1.failed_checks, 1);
         assert!(
             text(&cfg, &ev[0]).contains("no traffic: 0 requests < minRequests 20"),
@@ -546,7 +691,7 @@ mod tests {
         let mut now = 0;
         while s.phase != Phase::Succeeded {
             now += 1000;
-            s = check(&cfg, &s, &healthy(&cfg), now).0;
+            s = check(&cfg, &s, &healthy(&cfg), &Gates::OPEN, now).0;
             seen.push((s.phase, s.weight));
         }
         assert_eq!(seen, vec![(Phase::Promoting, 80), (Phase::Succeeded, 100)]);
@@ -573,7 +718,7 @@ mod tests {
         let (s, _) = start(&cfg, 5_000);
         assert!(!is_due(&cfg, &s, 5_999));
         assert!(is_due(&cfg, &s, 6_000));
-        let (s, _) = check(&cfg, &s, &healthy(&cfg), 6_010);
+        let (s, _) = check(&cfg, &s, &healthy(&cfg), &Gates::OPEN, 6_010);
         assert!(!is_due(&cfg, &s, 7_000));
         assert!(is_due(&cfg, &s, 7_010));
     }
@@ -758,5 +903,171 @@ mod tests {
                 Resume::Keep(s.clone())
             );
         }
+    }
+
+    /// The README example with these webhooks (each test names the Flagger code it follows).
+    fn hooked(hooks: serde_json::Value) -> Config {
+        with("/analysis/webhooks", Some(hooks)).unwrap()
+    }
+
+    fn gate(f: impl FnOnce(&mut Gates)) -> Gates {
+        let mut g = Gates::default();
+        f(&mut g);
+        g
+    }
+
+    #[test]
+    fn pre_rollout_runs_before_the_first_weight_and_a_failure_is_a_failed_check() {
+        // scheduler.go advanceCanary: canaryWeight == 0 && iterations == 0 -> runPreRolloutHooks
+        // (no metrics); a failure is SetStatusFailedChecks(+1); success goes on to the first step.
+        let cfg =
+            hooked(serde_json::json!([{"name": "db", "type": "pre-rollout", "url": "http://t/"}]));
+        let (s, ev) = start(&cfg, 0);
+        assert_eq!((s.weight, s.phase), (0, Phase::Progressing));
+        assert!(text(&cfg, &ev[0]).contains("weight 0 (the first step waits"));
+        assert!(is_start_check(&cfg, &s));
+        let no_traffic = failing(&cfg); // not measured before the first weight
+        let (s1, ev1) = check(
+            &cfg,
+            &s,
+            &no_traffic,
+            &gate(|g| g.failed.push(("db".into(), "HTTP 500".into()))),
+            1000,
+        );
+        assert_eq!((s1.weight, s1.failed_checks), (0, 1));
+        assert!(
+            text(&cfg, &ev1[0]).contains("pre-rollout webhook db failed: HTTP 500"),
+            "{ev1:?}"
+        );
+        let (s2, ev2) = check(&cfg, &s1, &no_traffic, &Gates::OPEN, 2000);
+        assert_eq!(
+            s2.weight, 1,
+            "passed: the first step, metrics not judged yet"
+        );
+        assert_eq!(ev2, vec![Event::Advance { from: 0, to: 1 }]);
+        assert!(!is_start_check(&cfg, &s2));
+    }
+
+    #[test]
+    fn a_failing_rollout_webhook_fails_the_check_and_rolls_back_at_the_threshold() {
+        // scheduler.go runAnalysis: a rollout hook error is "Halt advancement external check
+        // failed", a failed check; failedChecks >= threshold rolls back.
+        let cfg = hooked(serde_json::json!([{"name": "load-test", "url": "http://t/"}]));
+        let (mut s, _) = start(&cfg, 0);
+        assert_eq!(s.weight, 1, "no gate on the first step: starts as before");
+        let broken = gate(|g| g.failed.push(("load-test".into(), "no answer".into())));
+        for i in 1..=cfg.analysis.threshold {
+            let (n, ev) = check(&cfg, &s, &healthy(&cfg), &broken, u64::from(i) * 1000);
+            s = n;
+            assert!(text(&cfg, &ev[0]).contains("rollout webhook load-test failed: no answer"));
+        }
+        assert_eq!((s.phase, s.weight), (Phase::Failed, 0));
+    }
+
+    #[test]
+    fn confirm_traffic_increase_holds_the_weight_without_failing_the_check() {
+        // scheduler_hooks.go runConfirmTrafficIncreaseHooks: false -> return before runCanary.
+        let cfg = hooked(
+            serde_json::json!([{"name": "up", "type": "confirm-traffic-increase", "url": "http://t/"}]),
+        );
+        let (s, _) = start(&cfg, 0);
+        assert_eq!(s.weight, 0, "the first step is an increase too");
+        let closed = gate(|g| g.traffic_increase = Some("up".into()));
+        let (s1, ev) = check(&cfg, &s, &healthy(&cfg), &closed, 1000);
+        assert_eq!(
+            (s1.weight, s1.failed_checks, s1.phase),
+            (0, 0, Phase::Progressing)
+        );
+        assert_eq!(
+            ev,
+            vec![Event::AwaitingTrafficIncrease {
+                hook: "up".into(),
+                weight: 0
+            }]
+        );
+        let (s2, _) = check(&cfg, &s1, &healthy(&cfg), &Gates::OPEN, 2000);
+        assert_eq!(s2.weight, 1);
+        let (s3, _) = check(&cfg, &s2, &healthy(&cfg), &closed, 3000);
+        assert_eq!(s3.weight, 1, "held at 1");
+        // A failing check is still a failed check, gate or not.
+        let (s4, _) = check(&cfg, &s3, &failing(&cfg), &closed, 4000);
+        assert_eq!(s4.failed_checks, 1);
+    }
+
+    #[test]
+    fn confirm_promotion_waits_in_waiting_promotion_with_checks_running() {
+        // scheduler.go runCanary -> runConfirmPromotionHooks: false -> phase WaitingPromotion,
+        // weight at maxWeight; the threshold still rolls back from WaitingPromotion.
+        let cfg = hooked(
+            serde_json::json!([{"name": "promo", "type": "confirm-promotion", "url": "http://t/"}]),
+        );
+        let mut s = start(&cfg, 0).0;
+        let mut now = 0;
+        while s.weight < 50 {
+            now += 1000;
+            s = check(&cfg, &s, &healthy(&cfg), &Gates::OPEN, now).0;
+        }
+        let closed = gate(|g| g.promotion = Some("promo".into()));
+        now += 1000;
+        let (w, ev) = check(&cfg, &s, &healthy(&cfg), &closed, now);
+        assert_eq!((w.phase, w.weight), (Phase::WaitingPromotion, 50));
+        assert!(text(&cfg, &ev[0])
+            .contains("waiting for promotion approval: confirm-promotion webhook promo"));
+        assert!(
+            is_due(&cfg, &w, now + 1000),
+            "checks keep running while waiting"
+        );
+        let (w2, ev2) = check(&cfg, &w, &healthy(&cfg), &closed, now + 1000);
+        assert_eq!(
+            (w2.phase, ev2.len()),
+            (Phase::WaitingPromotion, 0),
+            "logged once"
+        );
+        let (done, ev3) = check(&cfg, &w2, &healthy(&cfg), &Gates::OPEN, now + 2000);
+        assert_eq!((done.phase, done.weight), (Phase::Succeeded, 100));
+        assert_eq!(ev3, vec![Event::PromotionCompleted]);
+        let mut f = w2.clone();
+        for i in 0..cfg.analysis.threshold {
+            f = check(&cfg, &f, &failing(&cfg), &closed, now + 3000 + u64::from(i)).0;
+        }
+        assert_eq!(
+            (f.phase, f.weight),
+            (Phase::Failed, 0),
+            "rolled back from WaitingPromotion"
+        );
+    }
+
+    #[test]
+    fn a_rollback_webhook_rolls_back_at_once_whatever_the_metrics() {
+        // scheduler.go: runRollbackHooks ok -> "Rolling back manual webhook invoked".
+        let cfg = hooked(
+            serde_json::json!([{"name": "rb", "type": "rollback", "url": "http://t/rollback/check"}]),
+        );
+        let s = start(&cfg, 0).0;
+        let (n, ev) = check(
+            &cfg,
+            &s,
+            &healthy(&cfg),
+            &gate(|g| g.rollback = Some("rb".into())),
+            1000,
+        );
+        assert_eq!((n.phase, n.weight), (Phase::Failed, 0));
+        assert_eq!(
+            ev,
+            vec![Event::ManualRollback {
+                hook: "rb".into(),
+                from: 1
+            }]
+        );
+        assert!(text(&cfg, &ev[0])
+            .contains("rolling back, manual webhook invoked: rollback webhook rb"));
+    }
+
+    #[test]
+    fn without_webhooks_nothing_changes() {
+        let cfg = example();
+        let (s, _) = start(&cfg, 0);
+        assert_eq!(s.weight, 1);
+        assert!(!is_start_check(&cfg, &s));
     }
 }

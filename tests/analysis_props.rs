@@ -25,7 +25,7 @@
 use canary_guard::config::{parse, Config, Steps};
 use canary_guard::metrics::{evaluate, MetricResult};
 use canary_guard::state::{CanaryState, Phase};
-use canary_guard::state_machine::{check, is_due, start, Event, Logged};
+use canary_guard::state_machine::{check, is_due, start, Event, Gates, Logged};
 use canary_guard::tally::Tally;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -344,7 +344,7 @@ proptest! {
             }
             let r = results(&cfg, outcome);
             let passed = r.iter().all(MetricResult::passed);
-            let (next, events) = check(&cfg, &s, &r, now);
+            let (next, events) = check(&cfg, &s, &r, &Gates::OPEN, now);
             check_transition(&cfg, &s, &next, &events, passed, now)?;
             // At most once per interval: not due again until a full interval later.
             prop_assert!(!is_due(&cfg, &next, now + interval - 1));
@@ -382,7 +382,7 @@ proptest! {
                 break;
             }
             now += interval;
-            let (next, _) = check(&cfg, &s, &results(&cfg, &Outcome::Healthy), now);
+            let (next, _) = check(&cfg, &s, &results(&cfg, &Outcome::Healthy), &Gates::OPEN, now);
             s = next;
             weights.push(s.weight);
         }
@@ -408,13 +408,13 @@ proptest! {
         let mut now = 0;
         for _ in 0..healthy_first {
             now += interval;
-            s = check(&cfg, &s, &results(&cfg, &Outcome::Healthy), now).0;
+            s = check(&cfg, &s, &results(&cfg, &Outcome::Healthy), &Gates::OPEN, now).0;
         }
         prop_assume!(s.phase.is_running());
         let mut failing = 0;
         while s.phase != Phase::Failed {
             now += interval;
-            s = check(&cfg, &s, &results(&cfg, &Outcome::NoData), now).0;
+            s = check(&cfg, &s, &results(&cfg, &Outcome::NoData), &Gates::OPEN, now).0;
             failing += 1;
             prop_assert!(failing <= cfg.analysis.threshold);
         }

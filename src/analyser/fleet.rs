@@ -21,7 +21,7 @@ use crate::fleet::{escape, poll_ms, publish_ms, replica_id, stale_states, FleetK
 use crate::host::{HttpCalls, Level, OutCall, RootHost, SharedStore, Stat, Telemetry};
 use crate::metrics::MetricResult;
 use crate::state::{CanaryState, Phase};
-use crate::state_machine::{is_due, resume, summary, Event, Found, Resume};
+use crate::state_machine::{is_due, resume, summary, Event, Found, Gates, Resume};
 use crate::store::slots::read_all;
 use crate::tally::Totals;
 use std::collections::BTreeSet;
@@ -455,9 +455,11 @@ impl Analyser {
 
     /// Whether `token` is one of this analyser's calls.
     pub fn owns_call(&self, token: u32) -> bool {
-        self.fleet
-            .as_ref()
-            .is_some_and(|a| a.pending.iter().any(|p| p.token == token))
+        self.hooks.owns(token)
+            || self
+                .fleet
+                .as_ref()
+                .is_some_and(|a| a.pending.iter().any(|p| p.token == token))
     }
 
     /// The answer to one of this analyser's calls (`status` is `None` when the call failed).
@@ -472,6 +474,10 @@ impl Analyser {
         host: &mut dyn HttpCalls,
         now_ms: u64,
     ) {
+        if self.hooks.owns(token) {
+            self.on_hook_answer(tel, token, status, body, host, now_ms);
+            return;
+        }
         let Some(mut agent) = self.fleet.take() else {
             return;
         };
@@ -510,6 +516,7 @@ impl Analyser {
             }
         }
         self.fleet = Some(agent);
+        self.flush_outbox(tel, host, now_ms);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -627,7 +634,7 @@ impl Analyser {
                             self.log.revision(tel, Level::Debug, &line);
                         }
                     }
-                    self.count_and_log(tel, &events);
+                    self.count_and_log(tel, &events, next.phase);
                     if created {
                         // This judge started a revision: older revisions' states beyond
                         // STATES_KEPT go (listed first, then deleted if unchanged).
@@ -753,7 +760,7 @@ impl Analyser {
             return Err(format!("it is revision {:?}'s", s.revision));
         }
         let top = self.cfg.analysis.steps.max_weight();
-        if s.phase == Phase::Progressing && s.weight > top {
+        if matches!(s.phase, Phase::Progressing | Phase::WaitingPromotion) && s.weight > top {
             return Err(format!("weight {} above the last step {top}", s.weight));
         }
         if agent.failed_seen && s.phase != Phase::Failed {
@@ -825,7 +832,7 @@ impl Analyser {
             return Ok(());
         }
         let slots: Vec<_> = records.into_iter().map(|r| r.tally).collect();
-        let (results, next, events) = self.run_check_at(&f.state, &slots, to, now_ms);
+        let (results, next, events) = self.run_check_at(&f.state, &slots, &Gates::OPEN, to, now_ms);
         let req = etcd::fenced_put(
             &keys.judge,
             fence,

@@ -32,19 +32,35 @@ impl CanaryLog {
         tel.log(level, &format!("canary {}: {text}", self.name));
     }
 
-    /// The state machine's events, at the level an operator should see them.
-    pub fn events(&self, tel: &mut dyn Telemetry, cfg: &Config, events: &[Event]) {
+    /// The state machine's events, at the level an operator should see them; the lines, for
+    /// the `event` webhooks.
+    pub fn events(
+        &self,
+        tel: &mut dyn Telemetry,
+        cfg: &Config,
+        events: &[Event],
+    ) -> Vec<(Level, String)> {
+        let mut lines = Vec::with_capacity(events.len());
         for e in events {
             let level = match e {
-                Event::RolledBack { .. } | Event::Halt { .. } | Event::Held { .. } => Level::Warn,
+                Event::RolledBack { .. }
+                | Event::ManualRollback { .. }
+                | Event::Halt { .. }
+                | Event::Held { .. }
+                | Event::AwaitingRollout { .. }
+                | Event::AwaitingTrafficIncrease { .. }
+                | Event::AwaitingPromotion { .. } => Level::Warn,
                 Event::Released {
                     cause: Cause::Unreadable,
                     ..
                 } => Level::Warn,
                 _ => Level::Info,
             };
-            tel.log(level, &Logged::of(cfg, e).to_string());
+            let line = Logged::of(cfg, e).to_string();
+            tel.log(level, &line);
+            lines.push((level, line));
         }
+        lines
     }
 }
 

@@ -9,22 +9,27 @@
 //! 6. `write`: compare-and-swap the next state, then count and log what happened.
 
 mod fleet;
+pub mod hooks;
 mod log;
 mod singleton;
 
 pub use singleton::Singleton;
 
-use crate::config::{Config, MetricCheck, MetricKind};
-use crate::host::{Level, RootHost, SetError, SharedStore, Stat, Telemetry};
+use crate::config::{Config, HookType, MetricCheck, MetricKind};
+use crate::host::{HttpCalls, Level, RootHost, SetError, SharedStore, Stat, Telemetry};
 use crate::metrics::{evaluate, MetricResult};
 use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
-use crate::state_machine::{check, held, is_due, resume, summary, Cause, Event, Found, Resume};
+use crate::state_machine::{
+    check, held, is_due, is_start_check, resume, summary, Cause, Event, Found, Gates, Resume,
+};
 use crate::store::lease::{self, HolderKind};
 use crate::store::slots::read_all;
 use crate::store::Keys;
 use crate::tally::{SlotRecord, Tally, Totals};
+use hooks::Purpose;
 use log::{CanaryLog, Once};
+use std::cell::RefCell;
 
 /// A leader that stops renewing (its worker went away) is replaced after this long.
 pub const LEASE_TTL_MS: u64 = 2_000;
@@ -53,6 +58,35 @@ pub struct Analyser {
     not_before_ms: Option<u64>,
     /// Fleet mode: the proxy's part in the fleet protocol (`fleet`), while this one leads.
     fleet: Option<Box<fleet::Agent>>,
+    /// Flagger's webhooks in flight (`hooks`).
+    hooks: hooks::Hooks,
+    /// The webhook rounds of the check now due (`checked`).
+    pending: Option<PendingCheck>,
+    /// A `confirm-rollout` webhook approved this revision's start (asked until then).
+    start_approved: bool,
+    /// The start was refused: asked again at this time (every interval, as Flagger).
+    next_confirm_ms: u64,
+    awaiting_rollout: Once,
+    /// Decisions logged since the last flush, for the `event` and `post-rollout` webhooks.
+    outbox: RefCell<Vec<Outgoing>>,
+}
+
+/// A check's webhook rounds so far: the gates they gave, and which rounds are done.
+#[derive(Debug, Clone, Default)]
+struct PendingCheck {
+    for_check_ms: u64,
+    gates: Gates,
+    first_done: bool,
+    second_done: bool,
+}
+
+/// A decision for the `event` webhooks (and `post-rollout` ones when it ends the analysis).
+#[derive(Debug, Clone)]
+struct Outgoing {
+    text: String,
+    warning: bool,
+    phase: Phase,
+    ends: bool,
 }
 
 /// The state value as read: decoded or not, its size and the cas to write against.
@@ -79,6 +113,12 @@ impl Analyser {
             suspended: Once::default(),
             waiting: Once::default(),
             corrupt_slots: Once::default(),
+            hooks: hooks::Hooks::default(),
+            pending: None,
+            start_approved: false,
+            next_confirm_ms: 0,
+            awaiting_rollout: Once::default(),
+            outbox: RefCell::new(Vec::new()),
         }
     }
 
@@ -144,12 +184,27 @@ impl Analyser {
                 let bytes = value_len(store, &self.keys.state);
                 self.report(store, tel, bytes, now_ms);
             }
+            self.hooks.expire(&self.cfg, now_ms);
+            self.flush_outbox(tel, host, now_ms);
             return;
         }
+        self.hooks.expire(&self.cfg, now_ms);
+        self.analyse(store, tel, host, now_ms);
+        self.flush_outbox(tel, host, now_ms);
+    }
+
+    /// Steps 2 to 6 (outside fleet mode).
+    fn analyse(
+        &mut self,
+        store: &dyn SharedStore,
+        tel: &mut dyn Telemetry,
+        host: &mut dyn HttpCalls,
+        now_ms: u64,
+    ) {
         let Some(loaded) = self.load_state(store) else {
             return;
         };
-        let Some(state) = self.resume_or_hold(store, tel, &loaded, now_ms) else {
+        let Some(state) = self.resume_or_hold(store, tel, host, &loaded, now_ms) else {
             return;
         };
         if self.hold_while_suspended(tel, &state) {
@@ -167,8 +222,171 @@ impl Analyser {
         if !due {
             return;
         }
-        let (results, next, events) = self.run_check(&state, &slots, now_ms);
+        let Some(gates) = self.checked(tel, host, &state, &slots, now_ms) else {
+            return; // webhooks still answering
+        };
+        let (results, next, events) = self.run_check(&state, &slots, &gates, now_ms);
         self.write(store, tel, loaded.cas, &results, &next, &events);
+    }
+
+    /// The webhooks of the check now due, in Flagger's order: first `rollback` and `rollout`
+    /// (`pre-rollout` before the first weight); then, if the check would advance or promote,
+    /// `confirm-traffic-increase` or `confirm-promotion`. `None` while a round is answering;
+    /// the gates once every round this check needs is done (at once without webhooks).
+    fn checked(
+        &mut self,
+        tel: &mut dyn Telemetry,
+        host: &mut dyn HttpCalls,
+        state: &CanaryState,
+        slots: &[SlotRecord],
+        now_ms: u64,
+    ) -> Option<Gates> {
+        if self.cfg.analysis.webhooks.is_empty() {
+            return Some(Gates::OPEN);
+        }
+        if self.pending.as_ref().map(|p| p.for_check_ms) != Some(state.last_check_ms) {
+            // A new check (or the state moved on under a round): start over.
+            self.hooks.round = None;
+            self.pending = Some(PendingCheck {
+                for_check_ms: state.last_check_ms,
+                ..PendingCheck::default()
+            });
+        }
+        if let Some(round) = self.hooks.finished() {
+            let (gates, passed) = round.gates(&self.cfg);
+            for line in passed {
+                self.log.revision(tel, Level::Info, &line);
+            }
+            if let Some(p) = self.pending.as_mut() {
+                merge(&mut p.gates, gates);
+                match round.purpose {
+                    hooks::Purpose::Confirmations => p.second_done = true,
+                    _ => p.first_done = true,
+                }
+            }
+        }
+        if self.hooks.round.is_some() {
+            return None;
+        }
+        let mut p = self.pending.clone()?;
+        let phase = state.phase.name();
+        if !p.first_done {
+            let first = if is_start_check(&self.cfg, state) {
+                [HookType::Rollback, HookType::PreRollout]
+            } else {
+                [HookType::Rollback, HookType::Rollout]
+            };
+            let at = state.last_check_ms;
+            if self
+                .hooks
+                .start(&self.cfg, Purpose::Check, &first, phase, at, host, now_ms)
+            {
+                return None;
+            }
+            p.first_done = true;
+        }
+        if !p.second_done {
+            // What this check would do with the answers so far decides which gate to ask.
+            let (_, _, events) = self.run_check(state, slots, &p.gates, now_ms);
+            let kind = if events.iter().any(|e| matches!(e, Event::Advance { .. })) {
+                Some(HookType::ConfirmTrafficIncrease)
+            } else if state.phase != Phase::Promoting
+                && events.iter().any(|e| {
+                    matches!(
+                        e,
+                        Event::PromotionStarted { .. } | Event::PromotionCompleted
+                    )
+                })
+            {
+                Some(HookType::ConfirmPromotion)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                let at = state.last_check_ms;
+                if self.hooks.start(
+                    &self.cfg,
+                    Purpose::Confirmations,
+                    &[kind],
+                    "Progressing",
+                    at,
+                    host,
+                    now_ms,
+                ) {
+                    self.pending = Some(p);
+                    return None;
+                }
+            }
+            p.second_done = true;
+        }
+        self.pending = None;
+        Some(p.gates)
+    }
+
+    /// Sends the decisions logged since the last flush to the `event` webhooks, and asks the
+    /// `post-rollout` ones after a promotion or a rollback. Nothing waits for them.
+    pub(super) fn flush_outbox(
+        &mut self,
+        tel: &mut dyn Telemetry,
+        host: &mut dyn HttpCalls,
+        now_ms: u64,
+    ) {
+        let out = std::mem::take(&mut *self.outbox.borrow_mut());
+        if self.cfg.analysis.webhooks.is_empty() {
+            return;
+        }
+        let dropped = self.hooks.dropped;
+        for o in out {
+            let cfg = &self.cfg;
+            let mut notes = self.hooks.fire(
+                cfg,
+                HookType::Event,
+                |w| hooks::event_payload(cfg, w, o.phase.name(), &o.text, o.warning, now_ms),
+                host,
+                now_ms,
+            );
+            if o.ends {
+                notes.extend(self.hooks.fire(
+                    cfg,
+                    HookType::PostRollout,
+                    |w| hooks::payload(cfg, w.kind, o.phase.name(), &w.metadata),
+                    host,
+                    now_ms,
+                ));
+            }
+            for n in notes {
+                let level = if n.warn { Level::Warn } else { Level::Info };
+                self.log.revision(tel, level, &n.text);
+            }
+        }
+        if self.hooks.dropped > dropped {
+            let line = format!(
+                "{} webhook call(s) dropped: {} already in flight",
+                self.hooks.dropped - dropped,
+                hooks::MAX_FIRE_IN_FLIGHT
+            );
+            self.log.revision(tel, Level::Warn, &line);
+        }
+    }
+
+    /// The answer to a webhook call (`status` `None`: no answer). Rounds are picked up on the
+    /// next tick; failures of fire-and-forget calls are logged here.
+    pub(super) fn on_hook_answer(
+        &mut self,
+        tel: &mut dyn Telemetry,
+        token: u32,
+        status: Option<u32>,
+        body: &[u8],
+        host: &mut dyn HttpCalls,
+        now_ms: u64,
+    ) {
+        if let Some(note) = self
+            .hooks
+            .on_answer(&self.cfg, token, status, body, host, now_ms)
+        {
+            let level = if note.warn { Level::Warn } else { Level::Info };
+            self.log.revision(tel, level, &note.text);
+        }
     }
 
     /// Step 1: true when this context holds the analyser lease after this tick.
@@ -239,6 +457,7 @@ impl Analyser {
         &mut self,
         store: &dyn SharedStore,
         tel: &mut dyn Telemetry,
+        host: &mut dyn HttpCalls,
         loaded: &Loaded,
         now_ms: u64,
     ) -> Option<CanaryState> {
@@ -250,6 +469,7 @@ impl Analyser {
         let state = match resume(&self.cfg, found, now_ms) {
             Resume::Keep(s) => s,
             Resume::Write(next, events) => {
+                let (next, events) = self.confirm_start(tel, host, next, events, now_ms)?;
                 if self.write_state(store, tel, loaded.cas, &next) {
                     if let Some(p) = loaded
                         .state
@@ -265,7 +485,7 @@ impl Analyser {
                         self.log.canary(tel, Level::Info, &line);
                     }
                     self.publish_state(tel, &next);
-                    self.count_and_log(tel, &events);
+                    self.count_and_log(tel, &events, next.phase);
                     self.waiting.set(next.phase == Phase::Waiting);
                 }
                 return None;
@@ -273,11 +493,72 @@ impl Analyser {
         };
         if state.phase == Phase::Waiting && !self.waiting.is_set() {
             // A new analyser (configuration update, new leader) says why it still holds.
-            self.count_and_log(tel, &[held(&self.cfg, Cause::Waiting)]);
+            self.count_and_log(tel, &[held(&self.cfg, Cause::Waiting)], Phase::Waiting);
             self.waiting.set(true);
         }
         self.publish_state(tel, &state);
         Some(state)
+    }
+
+    /// Flagger's `confirm-rollout`: a start (`Started`, `Skipped`) waits, at weight 0 in
+    /// phase Waiting, until every such webhook approves; asked every interval, with the
+    /// `rollback` webhooks (a 2xx fails the revision before it starts). `Some` to write now.
+    fn confirm_start(
+        &mut self,
+        tel: &mut dyn Telemetry,
+        host: &mut dyn HttpCalls,
+        next: CanaryState,
+        events: Vec<Event>,
+        now_ms: u64,
+    ) -> Option<(CanaryState, Vec<Event>)> {
+        let starts = events
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. } | Event::Skipped));
+        if !starts || self.start_approved || !self.cfg.analysis.has_hooks(HookType::ConfirmRollout)
+        {
+            return Some((next, events));
+        }
+        // Nothing is written while waiting: the workers route this revision to stable (no
+        // state of it), and the gauges say Waiting.
+        let mut waiting = CanaryState::new(&self.cfg.revision, now_ms);
+        waiting.phase = Phase::Waiting;
+        self.publish_state(tel, &waiting);
+        if let Some(round) = self.hooks.finished() {
+            let (gates, passed) = round.gates(&self.cfg);
+            if let Some(hook) = gates.rollback {
+                let mut failed = waiting.clone();
+                failed.phase = Phase::Failed;
+                return Some((failed, vec![Event::ManualRollback { hook, from: 0 }]));
+            }
+            match round.refused_start(&self.cfg) {
+                Some(hook) => {
+                    if self.awaiting_rollout.starts(true) {
+                        self.count_and_log(tel, &[Event::AwaitingRollout { hook }], Phase::Waiting);
+                    }
+                    self.next_confirm_ms = now_ms + self.cfg.analysis.interval_ms;
+                }
+                None => {
+                    for line in passed {
+                        self.log.revision(tel, Level::Info, &line);
+                    }
+                    self.start_approved = true;
+                    return Some((next, events));
+                }
+            }
+        }
+        if self.hooks.round.is_none() && now_ms >= self.next_confirm_ms {
+            let kinds = [HookType::ConfirmRollout, HookType::Rollback];
+            self.hooks.start(
+                &self.cfg,
+                Purpose::Confirm,
+                &kinds,
+                "Waiting",
+                0,
+                host,
+                now_ms,
+            );
+        }
+        None
     }
 
     /// `suspend: true` holds the weight and the phase (logged once).
@@ -328,9 +609,10 @@ impl Analyser {
         &self,
         state: &CanaryState,
         slots: &[SlotRecord],
+        gates: &Gates,
         now_ms: u64,
     ) -> (Vec<MetricResult>, CanaryState, Vec<Event>) {
-        self.run_check_at(state, slots, now_ms, now_ms)
+        self.run_check_at(state, slots, gates, now_ms, now_ms)
     }
 
     /// A check as of `to_ms` (its windows end there and the state records it as the check's
@@ -340,6 +622,7 @@ impl Analyser {
         &self,
         state: &CanaryState,
         slots: &[SlotRecord],
+        gates: &Gates,
         to_ms: u64,
         now_ms: u64,
     ) -> (Vec<MetricResult>, CanaryState, Vec<Event>) {
@@ -365,7 +648,13 @@ impl Analyser {
                 evaluate(m, a.min_requests, &window)
             })
             .collect();
-        let (next, events) = check(&self.cfg, state, &results, to_ms.max(state.last_check_ms));
+        let (next, events) = check(
+            &self.cfg,
+            state,
+            &results,
+            gates,
+            to_ms.max(state.last_check_ms),
+        );
         (results, next, events)
     }
 
@@ -391,7 +680,7 @@ impl Analyser {
             self.log.revision(tel, Level::Debug, &line);
         }
         self.publish_state(tel, next);
-        self.count_and_log(tel, events);
+        self.count_and_log(tel, events, next.phase);
     }
 
     /// Compare-and-swap on the value this tick read: if anyone else stepped the state since
@@ -425,17 +714,39 @@ impl Analyser {
         tel.gauge(name, Stat::FailedChecks, u64::from(s.failed_checks));
     }
 
-    fn count_and_log(&self, tel: &mut dyn Telemetry, events: &[Event]) {
+    /// Counts and logs the decisions, and queues them for the `event` webhooks (`phase`: the
+    /// phase after them).
+    fn count_and_log(&self, tel: &mut dyn Telemetry, events: &[Event], phase: Phase) {
         for e in events {
             match e {
-                Event::RolledBack { .. } => tel.count(&self.cfg.name, Stat::Rollbacks, 1),
+                Event::RolledBack { .. } | Event::ManualRollback { .. } => {
+                    tel.count(&self.cfg.name, Stat::Rollbacks, 1)
+                }
                 Event::PromotionCompleted | Event::Skipped => {
                     tel.count(&self.cfg.name, Stat::Promotions, 1)
                 }
                 _ => {}
             }
         }
-        self.log.events(tel, &self.cfg, events);
+        let lines = self.log.events(tel, &self.cfg, events);
+        if !self.cfg.analysis.webhooks.is_empty() {
+            let mut out = self.outbox.borrow_mut();
+            for (e, (level, text)) in events.iter().zip(lines) {
+                let ends = matches!(
+                    e,
+                    Event::RolledBack { .. }
+                        | Event::ManualRollback { .. }
+                        | Event::PromotionCompleted
+                        | Event::Skipped
+                );
+                out.push(Outgoing {
+                    text,
+                    warning: level == Level::Warn,
+                    phase,
+                    ends,
+                });
+            }
+        }
     }
 
     /// Which root context this is, in the lease log lines (the token's first 8 hex digits).
@@ -451,6 +762,14 @@ impl Analyser {
             self.log.canary(tel, Level::Info, &line);
         }
     }
+}
+
+/// Adds a round's answers to the gates of the check so far.
+fn merge(into: &mut Gates, from: Gates) {
+    into.failed.extend(from.failed);
+    into.traffic_increase = into.traffic_increase.take().or(from.traffic_increase);
+    into.promotion = into.promotion.take().or(from.promotion);
+    into.rollback = into.rollback.take().or(from.rollback);
 }
 
 /// Length of a shared-data value (0 when absent or unreadable).

@@ -10,11 +10,13 @@ mod salvage;
 pub mod timestamp;
 mod types;
 mod validate;
+mod webhooks;
 mod wire;
 
 pub use error::ConfigError;
 pub use salvage::{salvage, Salvage};
 pub use types::*;
+pub use webhooks::{DEFAULT_TIMEOUT_MS as DEFAULT_WEBHOOK_TIMEOUT_MS, MAX_WEBHOOKS};
 pub use wire::Role;
 
 use error::{err, field_of};

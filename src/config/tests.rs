@@ -237,9 +237,9 @@ fn unsupported_metrics_list_what_is_supported() {
 #[test]
 fn flagger_controller_fields_are_refused_by_name() {
     rejects(
-        "/analysis/webhooks",
+        "/analysis/alerts",
         serde_json::json!([]),
-        "analysis.webhooks",
+        "analysis.alerts",
         "does not support",
     );
 }

@@ -37,6 +37,9 @@ pub struct Approval {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub name: String,
+    /// The canary's namespace in webhook payloads (Flagger's load tester keys its gates by
+    /// `name.namespace`); default "default".
+    pub namespace: String,
     pub revision: String,
     pub upstreams: Upstreams,
     pub affinity: Affinity,
@@ -162,6 +165,61 @@ pub struct Analysis {
     /// `requestTimeout`: a canary request unanswered (or abandoned by its client after
     /// waiting) this long counts as an error.
     pub request_timeout_ms: u64,
+    /// `webhooks`: Flagger's gates, hooks and event sinks (`config::webhooks`).
+    pub webhooks: Vec<Webhook>,
+}
+
+/// Flagger's webhook types (`HookType`), with Flagger's semantics (`analyser::hooks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookType {
+    /// Before the analysis starts: weight 0, phase Waiting, asked every interval until 2xx.
+    ConfirmRollout,
+    /// Before the first weight: a failure is a failed check.
+    PreRollout,
+    /// Every check, before the metrics (the load-test hook): a failure is a failed check.
+    Rollout,
+    /// Before each weight increase: a refusal holds the weight (not a failed check).
+    ConfirmTrafficIncrease,
+    /// Before promotion: a refusal holds at the last step (phase WaitingPromotion).
+    ConfirmPromotion,
+    /// After promotion or rollback: failures are logged only.
+    PostRollout,
+    /// Asked every check while the analysis runs or waits: 2xx rolls back at once.
+    Rollback,
+    /// Every decision, with its log line (the audit trail).
+    Event,
+}
+
+/// One entry of `analysis.webhooks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub name: String,
+    pub kind: HookType,
+    /// As configured (for the logs).
+    pub url: String,
+    /// The Envoy cluster the POST goes through, its `:authority` and `:path`.
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+    /// Extra attempts after a failed one (no answer, or 5xx), as Flagger's retrying client.
+    pub retries: u32,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// No warning event for this webhook's refusals (Flagger: no alert).
+    pub mute_alert: bool,
+    /// Accepted from pasted configs; TLS is the Envoy cluster's (its transport socket).
+    pub disable_tls: bool,
+}
+
+impl Analysis {
+    /// The webhooks of one type, in configuration order.
+    pub fn hooks(&self, kind: HookType) -> impl Iterator<Item = &Webhook> {
+        self.webhooks.iter().filter(move |w| w.kind == kind)
+    }
+
+    pub fn has_hooks(&self, kind: HookType) -> bool {
+        self.hooks(kind).next().is_some()
+    }
 }
 
 impl Analysis {

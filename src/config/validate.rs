@@ -25,6 +25,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{revision:?} must be 1 to 128 printable ASCII characters (no leading or trailing space)"),
         );
     }
+    let namespace = raw.namespace.unwrap_or_else(|| "default".into());
+    if !is_dns_label(&namespace) {
+        return err(
+            "namespace",
+            format!("{namespace:?} must be a Kubernetes namespace name (1 to 63 of [a-z0-9-], starting and ending alphanumeric)"),
+        );
+    }
     let upstreams = check_upstreams(raw.upstreams.0)?;
     let affinity = check_affinity(raw.session_affinity.map(|a| a.0))?;
     let analysis = check_analysis(raw.analysis.0)?;
@@ -50,7 +57,26 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let grpc_error_codes = check_grpc_codes(raw.grpc_error_codes)?;
     let fleet = raw.fleet.map(|f| check_fleet(f.0)).transpose()?;
+    if fleet.is_some() {
+        // The fleet judge sends decisions to event and post-rollout webhooks; gates need the
+        // judge to hold a check for their answers, which fleet mode does not do yet.
+        if let Some((i, w)) = analysis
+            .webhooks
+            .iter()
+            .enumerate()
+            .find(|(_, w)| !matches!(w.kind, HookType::Event | HookType::PostRollout))
+        {
+            return err(
+                format!("analysis.webhooks[{i}].type"),
+                format!(
+                    "{:?}: in fleet mode only event and post-rollout webhooks are supported so far (gates run on a single proxy's analyser)",
+                    w.kind.name()
+                ),
+            );
+        }
+    }
     Ok(Config {
+        namespace,
         grpc_error_codes,
         fleet,
         name,
@@ -209,6 +235,15 @@ pub(super) fn check_name(name: &str) -> Result<String, ConfigError> {
 /// A cluster name that is also a valid header value: visible ASCII, no space or control
 /// character (a CR/LF would make Envoy refuse every canary-routed request), at most 255 bytes.
 /// Istio's `outbound|8080|canary|web.prod.svc.cluster.local` passes.
+fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 pub(super) fn is_cluster_name(name: &str) -> bool {
     (1..=255).contains(&name.len()) && name.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
@@ -303,7 +338,6 @@ fn weight(field: &str, value: u32) -> Result<u8, ConfigError> {
 
 fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
     let refused = [
-        ("analysis.webhooks", raw.webhooks.is_some()),
         ("analysis.alerts", raw.alerts.is_some()),
         ("analysis.mirror", raw.mirror.is_some()),
         ("analysis.mirrorWeight", raw.mirror_weight.is_some()),
@@ -374,7 +408,9 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
         Some(text) => check_interval("analysis.requestTimeout", &text)?,
         None => DEFAULT_REQUEST_TIMEOUT_MS,
     };
+    let webhooks = super::webhooks::check_webhooks(raw.webhooks)?;
     Ok(Analysis {
+        webhooks,
         request_timeout_ms,
         promote_without_metrics: raw.promote_without_metrics.unwrap_or(false),
         interval_ms,

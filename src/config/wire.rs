@@ -47,6 +47,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawConfig {
     pub(super) name: String,
+    #[serde(default)]
+    pub(super) namespace: Option<String>,
     pub(super) revision: String,
     pub(super) upstreams: Obj<RawUpstreams>,
     #[serde(default)]
@@ -117,8 +119,9 @@ pub(super) struct RawAnalysis {
     pub(super) promote_without_metrics: Option<bool>,
     /// A canary request unanswered this long counts as an error.
     pub(super) request_timeout: Option<String>,
+    /// Flagger's webhooks (`config::webhooks`).
+    pub(super) webhooks: Option<Vec<Value>>,
     // Flagger fields that need a controller; refused by name rather than silently ignored.
-    pub(super) webhooks: Option<Value>,
     pub(super) alerts: Option<Value>,
     pub(super) mirror: Option<Value>,
     pub(super) mirror_weight: Option<Value>,

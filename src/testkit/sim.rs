@@ -16,7 +16,7 @@ use crate::store::lease::Lease;
 use crate::store::Keys;
 use crate::tally::Totals;
 use crate::testkit::fake_etcd::FakeEtcd;
-use crate::testkit::fake_host::{FakeHttp, FakeRoot, FakeStore, FakeTelemetry};
+use crate::testkit::fake_host::{FakeHttp, FakeRoot, FakeStore, FakeTelemetry, SentCall};
 use crate::testkit::EXAMPLE;
 use serde_json::Value;
 
@@ -333,19 +333,30 @@ impl Sim {
     /// `etcd`, or as failed calls (no headers: unreachable, reset) when it is `None`.
     pub fn exchange(&mut self, mut etcd: Option<&mut FakeEtcd>) {
         let now = self.now;
+        self.answer(|call| match etcd.as_deref_mut() {
+            Some(e) => {
+                let (s, b) = e.handle(&call.path, &call.body, now);
+                Some((s, b))
+            }
+            None => None,
+        });
+    }
+
+    /// Answers every call this proxy's contexts made since the last answer: `respond` gives
+    /// the status and body, or `None` for a call that failed (no answer).
+    pub fn answer(&mut self, mut respond: impl FnMut(&SentCall) -> Option<(u32, Vec<u8>)>) {
+        let now = self.now;
         for n in self.nodes.iter_mut().chain(self.singleton.iter_mut()) {
             n.host.now_ms = now;
             for call in std::mem::take(&mut n.host.calls) {
-                let (status, body) = match etcd.as_deref_mut() {
-                    Some(e) => {
-                        let (s, b) = e.handle(&call.path, &call.body, now);
-                        (Some(s), b)
-                    }
-                    None => (None, Vec::new()),
-                };
+                let answer = respond(&call);
                 if !n.ticking {
                     continue; // a stopped context gets no answers
                 }
+                let (status, body) = match answer {
+                    Some((s, b)) => (Some(s), b),
+                    None => (None, Vec::new()),
+                };
                 let mut env = Env {
                     store: &self.store,
                     telemetry: &mut self.tel,

@@ -17,7 +17,7 @@ use canary_guard::config::{
 use canary_guard::metrics::evaluate;
 use canary_guard::routing::decide;
 use canary_guard::state::{CanaryState, Phase};
-use canary_guard::state_machine::{check, is_due, start};
+use canary_guard::state_machine::{check, is_due, start, Gates};
 use canary_guard::tally::{bucket_ms_for, Tally};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -471,7 +471,7 @@ fn drive(c: &Config, rng_bits: u64) -> Result<(), String> {
             .iter()
             .map(|m| evaluate(m, c.analysis.min_requests, &window))
             .collect();
-        s = check(c, &s, &results, now).0;
+        s = check(c, &s, &results, &Gates::OPEN, now).0;
         if s.weight > 100 || (s.phase == Phase::Failed && s.weight != 0) {
             return Err(format!("the analysis reached {s:?}"));
         }

@@ -33,7 +33,7 @@ DEFAULT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "canary_guard.was
 # /stats/prometheus drops it (canary_guard_<metric>{canary="<name>"} there).
 WASM_STAT_PREFIX = "wasmcustom."
 # Values of the canary_guard.<name>.phase gauge.
-PHASES = {0: "Initializing", 1: "Progressing", 2: "Promoting", 3: "Succeeded", 4: "Failed", 5: "Waiting"}
+PHASES = {0: "Initializing", 1: "Progressing", 2: "Promoting", 3: "Succeeded", 4: "Failed", 5: "Waiting", 6: "WaitingPromotion"}
 
 READY_TIMEOUT = 20.0
 POLL_INTERVAL = 0.05
