@@ -15,6 +15,7 @@ use canary_guard::analyser::WORKER_GRACE_MS;
 use canary_guard::host::Stat;
 use canary_guard::state::{CanaryState, Phase};
 use canary_guard::testkit::fake_etcd::FakeEtcd;
+use canary_guard::testkit::fake_loadtester::LoadTester;
 use canary_guard::testkit::sim::{config, Mode, Sim, INTERVAL_MS, NAME};
 use serde_json::json;
 
@@ -41,6 +42,8 @@ struct Fleet {
     /// Every distinct weight the fleet state in etcd held, with the time it was first seen.
     written: Vec<(u64, Phase, u8)>,
     max_judges: usize,
+    /// Answers every call that is not for the etcd cluster (webhooks).
+    lt: LoadTester,
 }
 
 impl Fleet {
@@ -70,6 +73,7 @@ impl Fleet {
             etcd_down: false,
             written: Vec::new(),
             max_judges: 0,
+            lt: LoadTester::default(),
         }
     }
 
@@ -82,7 +86,17 @@ impl Fleet {
             // Answers arrive one 10 ms step after their calls (Sim::step advanced the clock).
             r.step();
             let reachable = !(self.etcd_down || self.cut[i]);
-            r.exchange(reachable.then_some(&mut self.etcd));
+            let (etcd, lt) = (&mut self.etcd, &mut self.lt);
+            let now = r.now;
+            r.answer(|c| {
+                if c.cluster != "etcd" {
+                    lt.respond(c)
+                } else if reachable {
+                    Some(etcd.handle(&c.path, &c.body, now))
+                } else {
+                    None
+                }
+            });
         }
         let now = self.now();
         self.etcd.expire(now);
@@ -387,4 +401,61 @@ fn istio_shape_a_reload_hands_the_judge_role_over_without_waiting_for_the_lease(
         f.written
     );
     assert_eq!(f.max_judges, 1);
+}
+
+#[test]
+fn the_judge_asks_the_webhooks_and_every_replica_follows_its_gates() {
+    let raw = fleet_config(&[(
+        "/analysis/webhooks",
+        json!([
+            {"name": "promo", "type": "confirm-promotion", "url": "http://lt/gate/check"},
+            {"name": "rb", "type": "rollback", "url": "http://lt/rollback/check"},
+            {"name": "audit", "type": "event", "url": "http://lt/events"}
+        ]),
+    )]);
+    let mut f = Fleet::new(&[3, 1, 1], &raw);
+    assert!(
+        f.run_until(15_000, |f| f.all(Phase::WaitingPromotion)),
+        "{:?}",
+        f.written
+    );
+    assert!(f.replicas.iter().all(|r| r.weight() == 50));
+    let checks = f.lt.calls.iter().filter(|c| c.0 == "/gate/check").count();
+    f.run(1_500);
+    assert!(f.all(Phase::WaitingPromotion));
+    let asked = f.lt.calls.iter().filter(|c| c.0 == "/gate/check").count() - checks;
+    assert!(
+        (2..=4).contains(&asked),
+        "the judge alone asks, once per interval: {asked}"
+    );
+    f.lt.open("rollback.web.default");
+    assert!(
+        f.run_until(3_000, |f| f.all(Phase::Failed)),
+        "{:?}",
+        f.written
+    );
+    let judge = f.judges()[0];
+    assert!(f.replicas[judge]
+        .tel
+        .logged("rolling back, manual webhook invoked: rollback webhook rb"));
+    let events: Vec<&str> =
+        f.lt.events
+            .iter()
+            .map(|e| e["metadata"]["eventMessage"].as_str().unwrap())
+            .collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|m| m.contains("manual webhook invoked"))
+            .count(),
+        1,
+        "one event, from the judge"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|m| m.contains("waiting for promotion approval"))
+            .count(),
+        1
+    );
 }

@@ -13,66 +13,9 @@
 
 use canary_guard::host::Stat;
 use canary_guard::state::Phase;
-use canary_guard::testkit::fake_host::SentCall;
+use canary_guard::testkit::fake_loadtester::LoadTester;
 use canary_guard::testkit::sim::{config, Mode, Sim, NAME};
 use serde_json::{json, Value};
-use std::collections::HashSet;
-
-/// Flagger's load tester as far as gates go, plus an event sink and a load-test endpoint.
-#[derive(Default)]
-struct LoadTester {
-    open: HashSet<String>,
-    events: Vec<Value>,
-    load_tests: u64,
-    /// Status the load-test endpoint answers (200 by default).
-    load_status: Option<u32>,
-    /// Calls to these paths get no answer (unreachable).
-    unreachable: HashSet<String>,
-    calls: Vec<(String, Value)>,
-}
-
-impl LoadTester {
-    fn key(body: &Value) -> String {
-        format!(
-            "{}.{}",
-            body["name"].as_str().unwrap(),
-            body["namespace"].as_str().unwrap()
-        )
-    }
-
-    fn respond(&mut self, call: &SentCall) -> Option<(u32, Vec<u8>)> {
-        let body: Value = serde_json::from_slice(&call.body).unwrap();
-        self.calls.push((call.path.clone(), body.clone()));
-        if self.unreachable.contains(&call.path) {
-            return None;
-        }
-        let key = Self::key(&body);
-        let forbidden = || Some((403, b"Forbidden".to_vec()));
-        match call.path.as_str() {
-            "/gate/approve" => Some((200, Vec::new())),
-            "/gate/halt" => forbidden(),
-            "/gate/check" if self.open.contains(&key) => Some((200, b"Approved".to_vec())),
-            "/gate/check" => forbidden(),
-            "/rollback/check" if self.open.contains(&format!("rollback.{key}")) => {
-                Some((200, b"Approved".to_vec()))
-            }
-            "/rollback/check" => forbidden(),
-            "/events" => {
-                self.events.push(body);
-                Some((202, Vec::new()))
-            }
-            "/" => {
-                self.load_tests += 1;
-                Some((self.load_status.unwrap_or(200), b"{}".to_vec()))
-            }
-            _ => Some((404, Vec::new())),
-        }
-    }
-
-    fn open(&mut self, gate: &str) {
-        self.open.insert(gate.to_string());
-    }
-}
 
 fn sim_with(hooks: Value) -> Sim {
     let mut sim = Sim::new(

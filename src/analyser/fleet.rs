@@ -21,7 +21,7 @@ use crate::fleet::{escape, poll_ms, publish_ms, replica_id, stale_states, FleetK
 use crate::host::{HttpCalls, Level, OutCall, RootHost, SharedStore, Stat, Telemetry};
 use crate::metrics::MetricResult;
 use crate::state::{CanaryState, Phase};
-use crate::state_machine::{is_due, resume, summary, Event, Found, Gates, Resume};
+use crate::state_machine::{is_due, resume, summary, Event, Found, Resume};
 use crate::store::slots::read_all;
 use crate::tally::Totals;
 use std::collections::BTreeSet;
@@ -346,6 +346,11 @@ impl Analyser {
         };
         match resume(&jcfg, found, now_ms) {
             Resume::Write(next, events) => {
+                // A start waits for the confirm-rollout webhooks, as on a lone proxy.
+                let Some((next, events)) = self.confirm_start(tel, host, next, events, now_ms)
+                else {
+                    return;
+                };
                 let req =
                     etcd::fenced_put(&keys.judge, fence, &keys.state, seen_mod, &next.encode());
                 let call = Call::Write {
@@ -359,6 +364,9 @@ impl Analyser {
             Resume::Keep(state) => {
                 if self.hold_while_suspended(tel, &state) {
                     return;
+                }
+                if self.hooks.round.is_some() && self.hooks_pending() {
+                    return; // the check's webhooks are answering; records are read after
                 }
                 let as_of = now_ms.saturating_sub(publish_ms(self.cfg.analysis.interval_ms));
                 // Between checks (and after the analysis) the judge still reads the records
@@ -832,7 +840,12 @@ impl Analyser {
             return Ok(());
         }
         let slots: Vec<_> = records.into_iter().map(|r| r.tally).collect();
-        let (results, next, events) = self.run_check_at(&f.state, &slots, &Gates::OPEN, to, now_ms);
+        // The check's webhooks first (rounds answered on later ticks; the records are read
+        // again once they are done).
+        let Some(gates) = self.checked(tel, host, &f.state, &slots, to, now_ms) else {
+            return Ok(());
+        };
+        let (results, next, events) = self.run_check_at(&f.state, &slots, &gates, to, now_ms);
         let req = etcd::fenced_put(
             &keys.judge,
             fence,

@@ -289,10 +289,7 @@ impl Hooks {
 
     /// The finished round, taken: every call has a result.
     pub fn finished(&mut self) -> Option<Round> {
-        let done = self
-            .round
-            .as_ref()
-            .is_some_and(|r| r.calls.iter().all(|c| c.result.is_some()));
+        let done = self.round.as_ref().is_some_and(Round::is_done);
         if done {
             self.round.take()
         } else {
@@ -340,6 +337,11 @@ impl Hooks {
 }
 
 impl Round {
+    /// Every call has its result.
+    pub fn is_done(&self) -> bool {
+        self.calls.iter().all(|c| c.result.is_some())
+    }
+
     /// What this round's answers mean for the check (or the start), and the lines to log
     /// about webhooks that passed.
     pub fn gates(&self, cfg: &Config) -> (Gates, Vec<String>) {

@@ -222,7 +222,7 @@ impl Analyser {
         if !due {
             return;
         }
-        let Some(gates) = self.checked(tel, host, &state, &slots, now_ms) else {
+        let Some(gates) = self.checked(tel, host, &state, &slots, now_ms, now_ms) else {
             return; // webhooks still answering
         };
         let (results, next, events) = self.run_check(&state, &slots, &gates, now_ms);
@@ -233,12 +233,14 @@ impl Analyser {
     /// (`pre-rollout` before the first weight); then, if the check would advance or promote,
     /// `confirm-traffic-increase` or `confirm-promotion`. `None` while a round is answering;
     /// the gates once every round this check needs is done (at once without webhooks).
-    fn checked(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn checked(
         &mut self,
         tel: &mut dyn Telemetry,
         host: &mut dyn HttpCalls,
         state: &CanaryState,
         slots: &[SlotRecord],
+        check_ms: u64,
         now_ms: u64,
     ) -> Option<Gates> {
         if self.cfg.analysis.webhooks.is_empty() {
@@ -287,7 +289,7 @@ impl Analyser {
         }
         if !p.second_done {
             // What this check would do with the answers so far decides which gate to ask.
-            let (_, _, events) = self.run_check(state, slots, &p.gates, now_ms);
+            let (_, _, events) = self.run_check_at(state, slots, &p.gates, check_ms, now_ms);
             let kind = if events.iter().any(|e| matches!(e, Event::Advance { .. })) {
                 Some(HookType::ConfirmTrafficIncrease)
             } else if state.phase != Phase::Promoting
@@ -321,6 +323,11 @@ impl Analyser {
         }
         self.pending = None;
         Some(p.gates)
+    }
+
+    /// A round is out and not every webhook has answered yet.
+    fn hooks_pending(&self) -> bool {
+        self.hooks.round.as_ref().is_some_and(|r| !r.is_done())
     }
 
     /// Sends the decisions logged since the last flush to the `event` webhooks, and asks the
@@ -503,7 +510,7 @@ impl Analyser {
     /// Flagger's `confirm-rollout`: a start (`Started`, `Skipped`) waits, at weight 0 in
     /// phase Waiting, until every such webhook approves; asked every interval, with the
     /// `rollback` webhooks (a 2xx fails the revision before it starts). `Some` to write now.
-    fn confirm_start(
+    pub(super) fn confirm_start(
         &mut self,
         tel: &mut dyn Telemetry,
         host: &mut dyn HttpCalls,

@@ -57,24 +57,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let grpc_error_codes = check_grpc_codes(raw.grpc_error_codes)?;
     let fleet = raw.fleet.map(|f| check_fleet(f.0)).transpose()?;
-    if fleet.is_some() {
-        // The fleet judge sends decisions to event and post-rollout webhooks; gates need the
-        // judge to hold a check for their answers, which fleet mode does not do yet.
-        if let Some((i, w)) = analysis
-            .webhooks
-            .iter()
-            .enumerate()
-            .find(|(_, w)| !matches!(w.kind, HookType::Event | HookType::PostRollout))
-        {
-            return err(
-                format!("analysis.webhooks[{i}].type"),
-                format!(
-                    "{:?}: in fleet mode only event and post-rollout webhooks are supported so far (gates run on a single proxy's analyser)",
-                    w.kind.name()
-                ),
-            );
-        }
-    }
     Ok(Config {
         namespace,
         grpc_error_codes,

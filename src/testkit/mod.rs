@@ -10,6 +10,7 @@
 
 pub mod fake_etcd;
 pub mod fake_host;
+pub mod fake_loadtester;
 pub mod sim;
 
 /// The README example configuration (header affinity, one `match` rule, two 10 s metrics, 1 s

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.integration import harness
+from tests.integration.fleet import Etcd, add_etcd_cluster, fleet_plugin_config
 from tests.integration.loadtester import LoadTester, add_cluster
 
 PROGRESSING, SUCCEEDED, FAILED, WAITING, WAITING_PROMOTION = 1, 3, 4, 5, 6
@@ -175,3 +176,38 @@ def test_a_slow_webhook_past_its_timeout_stalls_no_request(launcher, backends, l
     assert worst < 3.0, "a request that waited for the webhook would take its 3 s delay"
     # Envoy ends the call at its timeout with its own 504.
     assert "rollout webhook slow failed: HTTP 504: upstream request timeout" in p.log_text()
+
+
+def test_fleet_mode_the_judge_asks_the_gates_and_every_replica_follows(launcher, backends, lt):
+    etcd = Etcd(launcher.tmp_path).start()
+    try:
+        cfg = fleet_plugin_config(canary_cfg([
+            {"name": "promotion-gate", "type": "confirm-promotion", "url": f"{LT}/gate/check"},
+            {"name": "rollback-gate", "type": "rollback", "url": f"{LT}/rollback/check"},
+            {"name": "events", "type": "event", "url": f"{LT}/events"}]))
+        proxies = []
+        for i in range(2):
+            p = harness.Proxy(launcher.tmp_path, backends, cfg, mode="singleton", name=f"replica-{i}")
+            add_cluster(p, "flagger-loadtester.test", lt.port)
+            proxies.append(p)
+        for p in proxies:
+            add_etcd_cluster(p, etcd.port, p.name)
+            launcher._track(p)
+            p.start()
+        loads = [harness.LoadGenerator(p.url, rate=r, connections=2).start() for p, r in zip(proxies, (30, 10))]
+        try:
+            for p in proxies:
+                wait_phase(p, WAITING_PROMOTION, timeout=30)
+            assert lt.post("/rollback/open") == 202
+            for p in proxies:
+                wait_phase(p, FAILED, timeout=10)
+        finally:
+            for l in loads:
+                l.stop()
+        judges = [p for p in proxies if stat(p, "fleet.judge", 0) == 1]
+        assert len(judges) == 1
+        assert "manual webhook invoked" in judges[0].log_text()
+        messages = lt.event_messages()
+        assert sum("manual webhook invoked" in m for m in messages) == 1, "one event for the fleet"
+    finally:
+        etcd.stop()
