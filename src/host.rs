@@ -1,6 +1,7 @@
 //! The small traits through which the logic reaches the host. The proxy-wasm adapter implements
 //! them over Envoy's ABI; tests implement them with an in-memory fake (`testkit::fake_host`).
 
+use crate::state::Phase;
 use std::cell::{Cell, RefCell};
 
 /// Proxy shared data (one process-wide table per `vm_id`). Semantics follow proxy-wasm-cpp-host:
@@ -85,10 +86,40 @@ pub enum Stat {
     FleetTalliedCanary5xx,
     FleetTalliedStableRequests,
     FleetTalliedStable5xx,
+    /// 1 for the current phase, 0 for the others: `phase_is.<Phase>`, which Envoy's stats_tags
+    /// turn into a `phase` label (a dashboard's "phase over time").
+    PhaseIs(Phase),
+    /// Decisions by kind: `decisions.<kind>` (a `decision` label).
+    Decisions(Decision),
+    /// The analyser's p99 request duration (ms) over the shortest metric window, per side.
+    CanaryP99Ms,
+    StableP99Ms,
+}
+
+/// What the analyser decided, counted in `decisions.<kind>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Start,
+    Advance,
+    Halt,
+    Wait,
+    Promotion,
+    Rollback,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 6] = [
+        Decision::Start,
+        Decision::Advance,
+        Decision::Halt,
+        Decision::Wait,
+        Decision::Promotion,
+        Decision::Rollback,
+    ];
 }
 
 impl Stat {
-    pub const ALL: [Stat; 35] = [
+    pub const ALL: [Stat; 50] = [
         Stat::Weight,
         Stat::Phase,
         Stat::FailedChecks,
@@ -124,6 +155,21 @@ impl Stat {
         Stat::FleetTalliedCanary5xx,
         Stat::FleetTalliedStableRequests,
         Stat::FleetTalliedStable5xx,
+        Stat::PhaseIs(Phase::Initializing),
+        Stat::PhaseIs(Phase::Progressing),
+        Stat::PhaseIs(Phase::Promoting),
+        Stat::PhaseIs(Phase::Succeeded),
+        Stat::PhaseIs(Phase::Failed),
+        Stat::PhaseIs(Phase::Waiting),
+        Stat::PhaseIs(Phase::WaitingPromotion),
+        Stat::Decisions(Decision::Start),
+        Stat::Decisions(Decision::Advance),
+        Stat::Decisions(Decision::Halt),
+        Stat::Decisions(Decision::Wait),
+        Stat::Decisions(Decision::Promotion),
+        Stat::Decisions(Decision::Rollback),
+        Stat::CanaryP99Ms,
+        Stat::StableP99Ms,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -163,6 +209,25 @@ impl Stat {
             Stat::FleetTalliedCanary5xx => "fleet.tallied_canary_5xx",
             Stat::FleetTalliedStableRequests => "fleet.tallied_stable_requests",
             Stat::FleetTalliedStable5xx => "fleet.tallied_stable_5xx",
+            Stat::PhaseIs(p) => match p {
+                Phase::Initializing => "phase_is.Initializing",
+                Phase::Progressing => "phase_is.Progressing",
+                Phase::Promoting => "phase_is.Promoting",
+                Phase::Succeeded => "phase_is.Succeeded",
+                Phase::Failed => "phase_is.Failed",
+                Phase::Waiting => "phase_is.Waiting",
+                Phase::WaitingPromotion => "phase_is.WaitingPromotion",
+            },
+            Stat::Decisions(d) => match d {
+                Decision::Start => "decisions.start",
+                Decision::Advance => "decisions.advance",
+                Decision::Halt => "decisions.halt",
+                Decision::Wait => "decisions.wait",
+                Decision::Promotion => "decisions.promotion",
+                Decision::Rollback => "decisions.rollback",
+            },
+            Stat::CanaryP99Ms => "canary_p99_ms",
+            Stat::StableP99Ms => "stable_p99_ms",
         }
     }
 
@@ -187,6 +252,9 @@ impl Stat {
                 | Stat::FleetTalliedCanary5xx
                 | Stat::FleetTalliedStableRequests
                 | Stat::FleetTalliedStable5xx
+                | Stat::PhaseIs(_)
+                | Stat::CanaryP99Ms
+                | Stat::StableP99Ms
         )
     }
 

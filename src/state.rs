@@ -2,7 +2,7 @@
 
 use crate::codec::{Reader, Writer};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Phase {
     /// No analysis state yet (never stored; what a reader reports before the analyser writes).
@@ -21,6 +21,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in code order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Initializing,
+        Phase::Progressing,
+        Phase::Promoting,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::Waiting,
+        Phase::WaitingPromotion,
+    ];
+
     pub fn from_u8(v: u8) -> Option<Phase> {
         Some(match v {
             0 => Phase::Initializing,

@@ -16,7 +16,7 @@ mod singleton;
 pub use singleton::Singleton;
 
 use crate::config::{Config, HookType, MetricCheck, MetricKind};
-use crate::host::{HttpCalls, Level, RootHost, SetError, SharedStore, Stat, Telemetry};
+use crate::host::{Decision, HttpCalls, Level, RootHost, SetError, SharedStore, Stat, Telemetry};
 use crate::metrics::{evaluate, MetricResult};
 use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
@@ -607,6 +607,20 @@ impl Analyser {
             + value_len(store, &self.keys.config)
             + value_len(store, &self.keys.served);
         tel.gauge(name, Stat::SharedBytes, shared);
+        // p99 of each side over the shortest metric window, for dashboards (canary vs stable).
+        let window = self.cfg.analysis.windows_ms().first().copied().unwrap_or(0);
+        for (side, stat) in [
+            (Side::Canary, Stat::CanaryP99Ms),
+            (Side::Stable, Stat::StableP99Ms),
+        ] {
+            let mut t = Tally::default();
+            for s in &slots {
+                s.window(side, window, now_ms.saturating_sub(window), now_ms, &mut t);
+            }
+            if let Some(micros) = t.latency.percentile(99.0) {
+                tel.gauge(name, stat, (micros / 1000.0).round() as u64);
+            }
+        }
         self.totals_at_ms = Some(now_ms);
         slots
     }
@@ -719,12 +733,18 @@ impl Analyser {
         tel.gauge(name, Stat::Weight, u64::from(s.weight));
         tel.gauge(name, Stat::Phase, s.phase as u64);
         tel.gauge(name, Stat::FailedChecks, u64::from(s.failed_checks));
+        for p in Phase::ALL {
+            tel.gauge(name, Stat::PhaseIs(p), u64::from(p == s.phase));
+        }
     }
 
     /// Counts and logs the decisions, and queues them for the `event` webhooks (`phase`: the
     /// phase after them).
     fn count_and_log(&self, tel: &mut dyn Telemetry, events: &[Event], phase: Phase) {
         for e in events {
+            if let Some(d) = decision_of(e) {
+                tel.count(&self.cfg.name, Stat::Decisions(d), 1);
+            }
             match e {
                 Event::RolledBack { .. } | Event::ManualRollback { .. } => {
                     tel.count(&self.cfg.name, Stat::Rollbacks, 1)
@@ -769,6 +789,24 @@ impl Analyser {
             self.log.canary(tel, Level::Info, &line);
         }
     }
+}
+
+/// The `decisions.<kind>` counter an event counts in.
+fn decision_of(e: &Event) -> Option<Decision> {
+    Some(match e {
+        Event::Started { .. } => Decision::Start,
+        Event::Advance { .. } | Event::Lowered { .. } | Event::Iteration { .. } => {
+            Decision::Advance
+        }
+        Event::Halt { .. } => Decision::Halt,
+        Event::Held { .. }
+        | Event::AwaitingRollout { .. }
+        | Event::AwaitingTrafficIncrease { .. }
+        | Event::AwaitingPromotion { .. } => Decision::Wait,
+        Event::PromotionCompleted | Event::Skipped => Decision::Promotion,
+        Event::RolledBack { .. } | Event::ManualRollback { .. } => Decision::Rollback,
+        Event::PromotionStarted { .. } | Event::Released { .. } => return None,
+    })
 }
 
 /// Adds a round's answers to the gates of the check so far.
