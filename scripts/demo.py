@@ -120,6 +120,55 @@ class LogFollower:
         return out
 
 
+PHASE_COLOURS = {1: "#4c9be8", 2: "#8fd18f", 3: "#2ca02c", 4: "#d62728", 5: "#bbbbbb", 6: "#f0b400"}
+
+
+def write_svg(path: Path, samples: list, names: list[str], fault_s: Optional[float]) -> None:
+    """The run as a picture: each proxy's weight (lines), the canary error rate clients saw
+    (red, dashed), the phase as coloured bands, and the moment the fault started."""
+    w, h, left, top, plot_h = 900, 360, 50, 40, 240
+    end = max((t for t, *_ in samples), default=1.0) or 1.0
+    x = lambda t: left + (w - left - 20) * t / end  # noqa: E731
+    y = lambda v: top + plot_h * (1 - v / 100.0)  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{left}" y="20" font-size="15">canary-guard demo: weight, canary error rate and phase</text>']
+    for v in (0, 25, 50, 75, 100):
+        out.append(f'<line x1="{left}" x2="{w - 20}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 8}" y="{y(v) + 4:.1f}" text-anchor="end">{v}%</text>')
+    band_y = top + plot_h + 12
+    for i, name in enumerate(names):
+        for (t, _, phases, _), nxt in zip(samples, samples[1:] + [None]):
+            t1 = nxt[0] if nxt else t + 1
+            colour = PHASE_COLOURS.get(phases[i] if i < len(phases) else 0, "#ffffff")
+            out.append(f'<rect x="{x(t):.1f}" y="{band_y + 14 * i}" width="{max(x(t1) - x(t), 1):.1f}" '
+                       f'height="10" fill="{colour}"/>')
+        out.append(f'<text x="{left - 8}" y="{band_y + 14 * i + 9}" text-anchor="end" font-size="10">{name}</text>')
+    palette = ["#1f77b4", "#9467bd", "#17becf", "#8c564b", "#e377c2"]
+    for i, name in enumerate(names):
+        pts = " ".join(f"{x(t):.1f},{y(ws[i] or 0):.1f}" for t, ws, _, _ in samples if i < len(ws))
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{palette[i % len(palette)]}" stroke-width="2"/>')
+    errs = " ".join(f"{x(t):.1f},{y(min(e, 100)):.1f}" for t, _, _, e in samples if e is not None)
+    if errs:
+        out.append(f'<polyline points="{errs}" fill="none" stroke="#d62728" stroke-width="1.5" stroke-dasharray="4 3"/>')
+    if fault_s:
+        out.append(f'<line x1="{x(fault_s):.1f}" x2="{x(fault_s):.1f}" y1="{top}" y2="{top + plot_h}" stroke="#d62728"/>')
+        out.append(f'<text x="{x(fault_s) + 4:.1f}" y="{top + 12}" fill="#d62728">fault</text>')
+    legend_y = h - 14
+    items = [(palette[i % len(palette)], f"weight {n}") for i, n in enumerate(names)]
+    items += [("#d62728", "canary error rate")]
+    items += [(PHASE_COLOURS[k], harness.PHASES[k]) for k in (1, 4, 6)]
+    lx = left
+    for colour, label in items:
+        out.append(f'<rect x="{lx}" y="{legend_y - 9}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{lx + 14}" y="{legend_y}">{label}</text>')
+        lx += 24 + 7 * len(label)
+    out.append(f'<text x="{w - 20}" y="{top + plot_h + 12 + 14 * len(names) + 12}" text-anchor="end">seconds: 0 to {end:.0f}</text>')
+    out.append("</svg>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(out) + "\n")
+
+
 class Demo:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -130,6 +179,8 @@ class Demo:
         self.proxies: list[harness.Proxy] = []
         self.loads: list[harness.LoadGenerator] = []
         self.t0 = time.monotonic()
+        # One sample a second: (seconds, weight per proxy, phase per proxy, canary error %).
+        self.samples: list[tuple[float, list, list, Optional[float]]] = []
 
     # -- output ------------------------------------------------------------------------
     def ts(self, t: Optional[float] = None) -> str:
@@ -154,6 +205,9 @@ class Demo:
         recent = [r for r in self.records(since=now - 1.0) if r[0] < now]
         canary = [r for r in recent if r[2] == "canary"]
         errors = sum(1 for r in canary if r[1] >= 500 or r[1] == 0)
+        self.samples.append((now - self.t0, [s.get("weight") for s in all_stats],
+                             [s.get("phase", 0) for s in all_stats],
+                             100.0 * errors / len(canary) if canary else None))
         err = f"{100.0 * errors / len(canary):.1f}%" if canary else "-"
         if self.fleet:
             cols = []
@@ -338,6 +392,12 @@ class Demo:
             rollbacks = sum(s.get("rollbacks", 0) for s in all_stats)
             self.say(f"  fleet: {judges} judge, {rollbacks} rollback in all (one decision)")
             ok = ok and judges == 1 and rollbacks == 1
+        picture = Path(self.args.picture).resolve()
+        try:
+            write_svg(picture, self.samples, [p.name for p in self.proxies], fault_at and fault_at - self.t0)
+            self.say(f"  picture: {picture}")
+        except OSError as e:
+            self.say(f"  picture not written: {e}")
         self.say("  result: " + ("rollback as expected" if ok else "NOT as expected"))
         return 0 if ok else 1
 
@@ -357,6 +417,8 @@ def main() -> int:
     p.add_argument("--replicas", type=int, default=1,
                    help="fleet mode with this many proxies and a local etcd (default 1: one "
                         "proxy, no fleet)")
+    p.add_argument("--picture", default=str(REPO / "out" / "demo.svg"),
+                   help="the run as an SVG picture: weight, canary error rate, phase (default out/demo.svg)")
     p.add_argument("--workdir", default=str(REPO / "out" / "demo"),
                    help="rendered configs and Envoy logs (default out/demo)")
     args = p.parse_args()

@@ -384,11 +384,17 @@ def test_make_demo_fleet_mode_shows_one_decision(tmp_path):
     demo exits 0 only when every replica ended Failed at weight 0, one judge, one rollback."""
     import subprocess
     import sys
+    import xml.dom.minidom
+    picture = tmp_path / "demo.svg"
     r = subprocess.run([sys.executable, "-m", "scripts.demo", "--replicas", "3",
-                        "--workdir", str(tmp_path / "demo")], cwd=harness.REPO,
-                       capture_output=True, text=True, timeout=120)
+                        "--workdir", str(tmp_path / "demo"), "--picture", str(picture)],
+                       cwd=harness.REPO, capture_output=True, text=True, timeout=120)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "result: rollback as expected" in out, out[-6000:]
+    # The picture: a weight line per replica and the canary error rate, and its path printed.
+    assert f"picture: {picture}" in out
+    svg = xml.dom.minidom.parse(str(picture))
+    assert len(svg.getElementsByTagName("polyline")) == 3 + 1
     assert "fleet: 1 judge, 1 rollback in all (one decision)" in out, out[-3000:]
     assert out.count("fleet judge acquired") == 1, out[-6000:]
     # The quietest replica's own traffic (5%) is below minRequests: the fleet's carried it.
