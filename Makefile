@@ -78,9 +78,10 @@ $(VENV_ENVOY): | $(PY)
 	@touch $@
 	@$@ --version
 
-build: setup-rust ## Build the Wasm module: target/wasm32-wasip1/release/canary_guard.wasm
+build: setup-rust ## Build the Wasm module (target/wasm32-wasip1/release/canary_guard.wasm) and the CLI (target/release/canary-guard)
 	cargo build --release --target $(WASM_TARGET)
-	@ls -l $(WASM)
+	cargo build --release --features cli --bin canary-guard
+	@ls -l $(WASM) target/release/canary-guard
 
 CHECK        := target/release/canary-guard-check
 FILES        ?= istio/wasmplugin-*.yaml
@@ -120,7 +121,7 @@ lint: setup-rust ## cargo fmt --check and clippy (-D warnings) on the host and w
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target $(WASM_TARGET) -- -D warnings
-	cargo clippy --features cli --bin canary-guard-check -- -D warnings
+	cargo clippy --features cli --bin canary-guard-check --bin canary-guard -- -D warnings
 
 fmt: ## Format the Rust code (cargo fmt)
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt

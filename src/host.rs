@@ -361,6 +361,18 @@ pub trait HttpHost {
     fn add_response_header(&mut self, name: &str, value: &str) -> bool;
 }
 
+/// What the control endpoint's HTTP stream reaches the host through (`control`).
+pub trait ControlHost {
+    fn now_ns(&self) -> Option<u64>;
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// The first `size` bytes of the request body received so far.
+    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// The downstream peer's `ip:port`.
+    fn peer_address(&self) -> Option<String>;
+    /// Answers the request locally (JSON); false when the host refused.
+    fn send_response(&mut self, status: u32, body: &[u8]) -> bool;
+}
+
 /// Host calls that failed since they were last reported, and the last one in words (for the
 /// debug log). Shared by a root context and its HTTP streams, hence the cells.
 #[derive(Debug, Default)]

@@ -13,6 +13,7 @@
 //! - [`state_machine`]: the analysis state machine (start, hold, check, promote, roll back)
 //! - [`state`], [`codec`], [`checksum`]: the records kept in shared data and their encoding
 //! - [`hashing`]: FNV-1a, SplitMix64 finaliser, xorshift stream
+//! - [`control`]: the control endpoint's status and actions (operator commands)
 //!
 //! Orchestration against the [`host`] traits (tested with the `testkit` fake host):
 //! - [`plugin`]: the root and HTTP contexts: roles, configure/tick/done, outcome capture
@@ -26,6 +27,7 @@ pub mod analyser;
 pub mod checksum;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod fleet;
 pub mod hashing;
 pub mod histogram;

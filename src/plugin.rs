@@ -14,10 +14,11 @@
 
 use crate::analyser::{Analyser, Singleton};
 use crate::config::{parse_plugin, Config, ConfigError, Plugin};
+use crate::control::{self, ControlConfig};
 use crate::hashing::mix64;
 use crate::host::{
-    HostError, HostErrors, HttpHost, Level, RootHost, RouteCache, SharedStore, Stat, Telemetry,
-    Watched,
+    ControlHost, HostError, HostErrors, HttpHost, Level, RootHost, RouteCache, SharedStore, Stat,
+    Telemetry, Watched,
 };
 use crate::invalid_config::{
     decide, Inert, InertRoute, Policy, Verdict, INERT_TICK_MS, POLICY_ENV,
@@ -53,6 +54,8 @@ enum Role {
     },
     Singleton(Singleton),
     Inert(Inert),
+    /// The control endpoint: answers operators, routes nothing.
+    Control(Rc<ControlConfig>),
 }
 
 /// The heartbeat a filter with a valid configuration keeps in `store::live`.
@@ -114,6 +117,13 @@ impl Root {
                 env.telemetry
                     .log(Level::Info, "canary-guard: analyser singleton configured");
                 env.host.set_tick_period_ms(SINGLETON_TICK_MS)
+            }
+            Ok(Plugin::Control(cfg)) => {
+                self.on_done(env);
+                self.role = Role::Control(Rc::new(cfg));
+                env.telemetry
+                    .log(Level::Info, "canary-guard: control endpoint configured");
+                true
             }
             Ok(Plugin::Filter(cfg)) => {
                 self.on_done(env);
@@ -210,7 +220,7 @@ impl Root {
             }
             // The singleton counts host failures per canary it analyses.
             Role::Singleton(s) => s.tick(env.store, env.telemetry, env.host, now),
-            Role::Unconfigured => {}
+            Role::Unconfigured | Role::Control(_) => {}
         }
     }
 
@@ -249,7 +259,7 @@ impl Root {
                 env.host,
                 now,
             ),
-            Role::Inert(_) | Role::Unconfigured => {}
+            Role::Inert(_) | Role::Unconfigured | Role::Control(_) => {}
         }
     }
 
@@ -267,7 +277,7 @@ impl Root {
                 s.shutdown(env.store, env.telemetry);
                 s.leave_fleet(env.telemetry, env.host);
             }
-            Role::Inert(_) | Role::Unconfigured => {}
+            Role::Inert(_) | Role::Unconfigured | Role::Control(_) => {}
         }
     }
 
@@ -291,6 +301,21 @@ impl Root {
             status: 0,
             grpc_status: None,
             in_flight_ms: None,
+        }
+    }
+
+    /// A control endpoint's HTTP stream (`None` unless this context is the control role).
+    pub fn new_control_stream(&self) -> Option<ControlStream> {
+        match &self.role {
+            Role::Control(cfg) => Some(ControlStream {
+                cfg: cfg.clone(),
+                method: String::new(),
+                path: String::new(),
+                authorization: None,
+                peer: None,
+                answered: false,
+            }),
+            _ => None,
         }
     }
 
@@ -332,6 +357,81 @@ fn now_ms(now_ns: Option<u64>) -> u64 {
 }
 
 /// One HTTP stream: routes at request headers, captures the outcome, records it at stream end.
+/// One request to the control endpoint: answered locally once its body is in.
+pub struct ControlStream {
+    cfg: Rc<ControlConfig>,
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    peer: Option<String>,
+    answered: bool,
+}
+
+impl ControlStream {
+    /// Request headers; answers at once when there is no body. `false`: stop the request
+    /// here (it is answered locally, never forwarded).
+    pub fn on_request_headers(
+        &mut self,
+        store: &dyn SharedStore,
+        http: &mut dyn ControlHost,
+        end_of_stream: bool,
+    ) {
+        let text = |name: &str| {
+            http.request_header(name)
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        self.method = text(":method").unwrap_or_default();
+        self.path = text(":path").unwrap_or_default();
+        self.authorization = text("authorization");
+        self.peer = http.peer_address();
+        if end_of_stream {
+            self.answer(store, http, &[], false);
+        }
+    }
+
+    /// Request body so far (`size` bytes); answers at its end, or as soon as it is too large.
+    pub fn on_request_body(
+        &mut self,
+        store: &dyn SharedStore,
+        http: &mut dyn ControlHost,
+        size: usize,
+        end_of_stream: bool,
+    ) {
+        if size > control::MAX_BODY {
+            self.answer(store, http, &[], true);
+        } else if end_of_stream {
+            let body = http.request_body(size).unwrap_or_default();
+            self.answer(store, http, &body, false);
+        }
+    }
+
+    fn answer(
+        &mut self,
+        store: &dyn SharedStore,
+        http: &mut dyn ControlHost,
+        body: &[u8],
+        too_large: bool,
+    ) {
+        if self.answered {
+            return;
+        }
+        self.answered = true;
+        let req = control::Request {
+            method: &self.method,
+            path: &self.path,
+            authorization: self.authorization.as_deref(),
+            peer: self.peer.as_deref(),
+            body,
+            too_large,
+        };
+        let now = now_ms(http.now_ns());
+        let resp = control::handle(&self.cfg, &req, store, now);
+        let mut bytes = resp.body.to_string().into_bytes();
+        bytes.push(b'\n');
+        let _sent = http.send_response(resp.status, &bytes);
+    }
+}
+
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
     /// An inert configuration's treatment of the routing header.

@@ -74,6 +74,12 @@ pub enum Event {
         hook: String,
         from: u8,
     },
+    /// An operator's action through the control endpoint (`by`: the token's name or the peer).
+    Operator {
+        action: crate::control::Action,
+        by: String,
+        from: u8,
+    },
 }
 
 /// What the webhooks answered for one check (`analyser::hooks` asks them), with Flagger's
@@ -212,6 +218,16 @@ impl fmt::Display for Logged<'_> {
                 f,
                 "rolling back, manual webhook invoked: rollback webhook {hook} answered 2xx, weight {from} -> 0, phase Failed"
             ),
+            Event::Operator { action, by, from } => {
+                use crate::control::Action;
+                match action {
+                    Action::Abort => write!(f, "rolling back, aborted by {by}: weight {from} -> 0, phase Failed"),
+                    Action::Promote => write!(f, "promotion completed, promoted by {by}: weight {from} -> 100, phase Succeeded"),
+                    Action::Approve => write!(f, "approved by {by}: starting the analysis"),
+                    Action::Pause => write!(f, "paused by {by}: weight held at {from}, no checks until resumed"),
+                    Action::Resume => write!(f, "resumed by {by}: checks go on"),
+                }
+            }
         }
     }
 }
@@ -322,6 +338,53 @@ pub fn is_due(cfg: &Config, state: &CanaryState, now_ms: u64) -> bool {
     !cfg.suspend
         && state.phase.is_running()
         && now_ms >= state.last_check_ms.saturating_add(cfg.analysis.interval_ms)
+}
+
+/// An operator's action on the configured revision's state (`None`: nothing to change, the
+/// action already holds or does not apply). Pause and resume change no state: the analyser
+/// holds the checks while the latest command is a pause.
+pub fn operate(
+    cfg: &Config,
+    state: Option<&CanaryState>,
+    action: crate::control::Action,
+    by: &str,
+    now_ms: u64,
+) -> Option<(CanaryState, Vec<Event>)> {
+    use crate::control::Action;
+    let current = state.filter(|s| s.revision == cfg.revision);
+    let event = |from: u8| Event::Operator {
+        action,
+        by: by.to_string(),
+        from,
+    };
+    match (action, current) {
+        (Action::Abort, Some(s)) if !matches!(s.phase, Phase::Failed | Phase::Succeeded) => {
+            let mut next = s.clone();
+            next.phase = Phase::Failed;
+            next.weight = 0;
+            next.last_check_ms = now_ms.max(s.last_check_ms);
+            Some((next, vec![event(s.weight)]))
+        }
+        (Action::Abort, None) => {
+            let mut next = CanaryState::new(&cfg.revision, now_ms);
+            next.phase = Phase::Failed;
+            Some((next, vec![event(0)]))
+        }
+        (Action::Promote, Some(s)) if !matches!(s.phase, Phase::Failed | Phase::Succeeded) => {
+            let mut next = s.clone();
+            next.phase = Phase::Succeeded;
+            next.weight = 100;
+            next.last_check_ms = now_ms.max(s.last_check_ms);
+            Some((next, vec![event(s.weight)]))
+        }
+        (Action::Approve, Some(s)) if s.phase != Phase::Waiting => None,
+        (Action::Approve, _) => {
+            let (next, mut events) = start(cfg, now_ms);
+            events.insert(0, event(0));
+            Some((next, events))
+        }
+        _ => None,
+    }
 }
 
 /// Whether this check is the one before the first weight (Flagger's weight 0, iteration 0):

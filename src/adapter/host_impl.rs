@@ -2,8 +2,8 @@
 
 use super::ffi;
 use crate::host::{
-    HostError, HttpCalls, HttpHost, Level, OutCall, RootHost, RouteCache, SetError, SharedStore,
-    Stat, Telemetry,
+    ControlHost, HostError, HttpCalls, HttpHost, Level, OutCall, RootHost, RouteCache, SetError,
+    SharedStore, Stat, Telemetry,
 };
 use hashbrown::HashMap;
 use std::cell::Cell;
@@ -204,5 +204,37 @@ impl HttpHost for HostHttp {
 
     fn add_response_header(&mut self, name: &str, value: &str) -> bool {
         ffi::add_header(ffi::RESPONSE_HEADERS, name, value)
+    }
+}
+
+impl ControlHost for HostHttp {
+    fn now_ns(&self) -> Option<u64> {
+        ffi::now_ns()
+    }
+
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        ffi::header(ffi::REQUEST_HEADERS, name)
+    }
+
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        proxy_wasm::hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, size)
+            .ok()
+            .flatten()
+    }
+
+    fn peer_address(&self) -> Option<String> {
+        let bytes = proxy_wasm::hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()?;
+        String::from_utf8(bytes).ok()
+    }
+
+    fn send_response(&mut self, status: u32, body: &[u8]) -> bool {
+        proxy_wasm::hostcalls::send_http_response(
+            status,
+            vec![("content-type", "application/json")],
+            Some(body),
+        )
+        .is_ok()
     }
 }

@@ -67,11 +67,33 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if let Some(control) = self.plugin.new_control_stream() {
+            return Some(Box::new(ControlHttp(control)));
+        }
         Some(Box::new(Http(self.plugin.new_stream())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// The control endpoint's stream: answered locally, never forwarded upstream.
+struct ControlHttp(plugin::ControlStream);
+
+impl Context for ControlHttp {}
+
+impl HttpContext for ControlHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.0
+            .on_request_headers(&HostStore, &mut HostHttp, end_of_stream);
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.0
+            .on_request_body(&HostStore, &mut HostHttp, body_size, end_of_stream);
+        Action::Pause
     }
 }
 

@@ -525,6 +525,7 @@ impl Analyser {
         }
         self.fleet = Some(agent);
         self.flush_outbox(tel, host, now_ms);
+        self.record_decisions(store, now_ms);
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -49,7 +49,11 @@ impl CanaryLog {
                 | Event::Held { .. }
                 | Event::AwaitingRollout { .. }
                 | Event::AwaitingTrafficIncrease { .. }
-                | Event::AwaitingPromotion { .. } => Level::Warn,
+                | Event::AwaitingPromotion { .. }
+                | Event::Operator {
+                    action: crate::control::Action::Abort,
+                    ..
+                } => Level::Warn,
                 Event::Released {
                     cause: Cause::Unreadable,
                     ..

@@ -16,12 +16,14 @@ mod singleton;
 pub use singleton::Singleton;
 
 use crate::config::{Config, HookType, MetricCheck, MetricKind};
+use crate::control::{Action, Command};
 use crate::host::{Decision, HttpCalls, Level, RootHost, SetError, SharedStore, Stat, Telemetry};
 use crate::metrics::{evaluate, MetricResult};
 use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
 use crate::state_machine::{
-    check, held, is_due, is_start_check, resume, summary, Cause, Event, Found, Gates, Resume,
+    check, held, is_due, is_start_check, operate, resume, summary, Cause, Event, Found, Gates,
+    Resume,
 };
 use crate::store::lease::{self, HolderKind};
 use crate::store::slots::read_all;
@@ -69,6 +71,12 @@ pub struct Analyser {
     awaiting_rollout: Once,
     /// Decisions logged since the last flush, for the `event` and `post-rollout` webhooks.
     outbox: RefCell<Vec<Outgoing>>,
+    /// The last operator command this analyser carried out (`control`), and whether the
+    /// latest one paused the checks.
+    command_seen: u64,
+    paused: bool,
+    /// Decision lines not yet in the canary's `decisions` record (the control status).
+    decided: RefCell<Vec<String>>,
 }
 
 /// A check's webhook rounds so far: the gates they gave, and which rounds are done.
@@ -119,6 +127,9 @@ impl Analyser {
             next_confirm_ms: 0,
             awaiting_rollout: Once::default(),
             outbox: RefCell::new(Vec::new()),
+            command_seen: 0,
+            paused: false,
+            decided: RefCell::new(Vec::new()),
         }
     }
 
@@ -186,11 +197,34 @@ impl Analyser {
             }
             self.hooks.expire(&self.cfg, now_ms);
             self.flush_outbox(tel, host, now_ms);
+            self.record_decisions(store, now_ms);
             return;
         }
         self.hooks.expire(&self.cfg, now_ms);
         self.analyse(store, tel, host, now_ms);
         self.flush_outbox(tel, host, now_ms);
+        self.record_decisions(store, now_ms);
+    }
+
+    /// Keeps the last decisions in shared data, for the control endpoint's status.
+    pub(super) fn record_decisions(&self, store: &dyn SharedStore, now_ms: u64) {
+        let new = std::mem::take(&mut *self.decided.borrow_mut());
+        if new.is_empty() {
+            return;
+        }
+        let mut list: Vec<serde_json::Value> = store
+            .get(&self.keys.decisions)
+            .ok()
+            .flatten()
+            .and_then(|(b, _)| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for text in new {
+            list.push(serde_json::json!({"atMs": now_ms, "text": text}));
+        }
+        let keep = list.len().saturating_sub(crate::control::DECISIONS_KEPT);
+        list.drain(..keep);
+        let bytes = serde_json::Value::Array(list).to_string().into_bytes();
+        let _written = store.set(&self.keys.decisions, &bytes, 0);
     }
 
     /// Steps 2 to 6 (outside fleet mode).
@@ -204,6 +238,15 @@ impl Analyser {
         let Some(loaded) = self.load_state(store) else {
             return;
         };
+        if let Some(cmd) = self.new_command(store) {
+            if let Some((next, events)) = self.carry_out(tel, &cmd, loaded.state.as_ref(), now_ms) {
+                if self.write_state(store, tel, loaded.cas, &next) {
+                    self.publish_state(tel, &next);
+                    self.count_and_log(tel, &events, next.phase);
+                }
+                return;
+            }
+        }
         let Some(state) = self.resume_or_hold(store, tel, host, &loaded, now_ms) else {
             return;
         };
@@ -570,7 +613,8 @@ impl Analyser {
 
     /// `suspend: true` holds the weight and the phase (logged once).
     fn hold_while_suspended(&mut self, tel: &mut dyn Telemetry, state: &CanaryState) -> bool {
-        if self.suspended.starts(self.cfg.suspend) {
+        let held = self.cfg.suspend || self.paused;
+        if self.suspended.starts(held) {
             let line = format!(
                 "suspended, weight held at {} in phase {}",
                 state.weight,
@@ -578,7 +622,41 @@ impl Analyser {
             );
             self.log.revision(tel, Level::Info, &line);
         }
-        self.cfg.suspend
+        held
+    }
+
+    /// The operator's command for this revision not carried out yet by this analyser.
+    fn new_command(&mut self, store: &dyn SharedStore) -> Option<Command> {
+        let (bytes, _) = store.get(&self.keys.command).ok().flatten()?;
+        let cmd = Command::decode(&bytes)?;
+        (cmd.revision == self.cfg.revision && cmd.id > self.command_seen).then_some(cmd)
+    }
+
+    /// Carries out an operator's command: pause and resume hold or free the checks (logged);
+    /// the others give the state to write, when they change it.
+    fn carry_out(
+        &mut self,
+        tel: &mut dyn Telemetry,
+        cmd: &Command,
+        state: Option<&CanaryState>,
+        now_ms: u64,
+    ) -> Option<(CanaryState, Vec<Event>)> {
+        self.command_seen = cmd.id;
+        let weight = state.map_or(0, |s| s.weight);
+        let phase = state.map_or(Phase::Initializing, |s| s.phase);
+        match cmd.action {
+            Action::Pause | Action::Resume => {
+                self.paused = cmd.action == Action::Pause;
+                let e = Event::Operator {
+                    action: cmd.action,
+                    by: cmd.by.clone(),
+                    from: weight,
+                };
+                self.count_and_log(tel, &[e], phase);
+                None
+            }
+            action => operate(&self.cfg, state, action, &cmd.by, now_ms),
+        }
     }
 
     /// Step 4: reads every worker's slot, reports the sums and the shared-data footprint.
@@ -746,9 +824,16 @@ impl Analyser {
                 tel.count(&self.cfg.name, Stat::Decisions(d), 1);
             }
             match e {
-                Event::RolledBack { .. } | Event::ManualRollback { .. } => {
-                    tel.count(&self.cfg.name, Stat::Rollbacks, 1)
-                }
+                Event::RolledBack { .. }
+                | Event::ManualRollback { .. }
+                | Event::Operator {
+                    action: Action::Abort,
+                    ..
+                } => tel.count(&self.cfg.name, Stat::Rollbacks, 1),
+                Event::Operator {
+                    action: Action::Promote,
+                    ..
+                } => tel.count(&self.cfg.name, Stat::Promotions, 1),
                 Event::PromotionCompleted | Event::Skipped => {
                     tel.count(&self.cfg.name, Stat::Promotions, 1)
                 }
@@ -756,6 +841,9 @@ impl Analyser {
             }
         }
         let lines = self.log.events(tel, &self.cfg, events);
+        self.decided
+            .borrow_mut()
+            .extend(lines.iter().map(|(_, text)| text.clone()));
         if !self.cfg.analysis.webhooks.is_empty() {
             let mut out = self.outbox.borrow_mut();
             for (e, (level, text)) in events.iter().zip(lines) {
@@ -765,6 +853,10 @@ impl Analyser {
                         | Event::ManualRollback { .. }
                         | Event::PromotionCompleted
                         | Event::Skipped
+                        | Event::Operator {
+                            action: Action::Abort | Action::Promote,
+                            ..
+                        }
                 );
                 out.push(Outgoing {
                     text,
@@ -805,6 +897,13 @@ fn decision_of(e: &Event) -> Option<Decision> {
         | Event::AwaitingPromotion { .. } => Decision::Wait,
         Event::PromotionCompleted | Event::Skipped => Decision::Promotion,
         Event::RolledBack { .. } | Event::ManualRollback { .. } => Decision::Rollback,
+        Event::Operator { action, .. } => match action {
+            Action::Abort => Decision::Rollback,
+            Action::Promote => Decision::Promotion,
+            Action::Approve => Decision::Start,
+            Action::Pause => Decision::Wait,
+            Action::Resume => return None,
+        },
         Event::PromotionStarted { .. } | Event::Released { .. } => return None,
     })
 }

@@ -120,6 +120,10 @@ fn report(at: &str, what: &str, config: Option<&[u8]>) -> u8 {
             println!("{at}: {what}: ok: the analyser singleton");
             0
         }
+        Ok(Plugin::Control(_)) => {
+            println!("{at}: {what}: ok: the control endpoint");
+            0
+        }
         Err(e) => {
             println!("{at}: {what}: {e}");
             1

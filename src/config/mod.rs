@@ -37,6 +37,11 @@ pub fn parse_plugin(bytes: &[u8]) -> Result<Plugin, ConfigError> {
             }
             return Ok(Plugin::Analyser);
         }
+        if map.get("role").and_then(Value::as_str) == Some("control") {
+            return crate::control::parse_config(&map)
+                .map(Plugin::Control)
+                .or_else(|(field, message)| err(field, message));
+        }
     }
     parse(bytes).map(|c| Plugin::Filter(Box::new(c)))
 }

@@ -73,6 +73,8 @@ pub struct Fleet {
 pub enum Plugin {
     Filter(Box<Config>),
     Analyser,
+    /// The control endpoint (`{"role": "control"}`).
+    Control(crate::control::ControlConfig),
 }
 
 #[derive(Debug, Clone, PartialEq)]

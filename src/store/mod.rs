@@ -20,6 +20,10 @@ pub struct Keys {
     pub lease: String,
     pub config: String,
     pub served: String,
+    /// The operator's last command (`control`).
+    pub command: String,
+    /// The last decisions, for the control endpoint's status.
+    pub decisions: String,
     slot_prefix: String,
 }
 
@@ -30,6 +34,8 @@ impl Keys {
             lease: format!("canary-guard/{canary}/lease"),
             config: format!("canary-guard/{canary}/config"),
             served: format!("canary-guard/{canary}/served"),
+            command: format!("canary-guard/{canary}/command"),
+            decisions: format!("canary-guard/{canary}/decisions"),
             slot_prefix: format!("canary-guard/{canary}/slot/"),
         }
     }

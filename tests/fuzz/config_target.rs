@@ -521,6 +521,7 @@ impl ConfigTarget {
     fn outcome(result: &Result<Plugin, canary_guard::config::ConfigError>) -> String {
         match result {
             Ok(Plugin::Analyser) => "analyser".into(),
+            Ok(Plugin::Control(_)) => "control".into(),
             Ok(Plugin::Filter(c)) => format!(
                 "ok {:?} {} {} {}",
                 std::mem::discriminant(&c.analysis.steps),
@@ -605,6 +606,13 @@ impl Target for ConfigTarget {
                     return Err(
                         "accepted as the analyser without being {\"role\":\"analyser\"}".into(),
                     );
+                }
+            }
+            Ok(Plugin::Control(_)) => {
+                self.accepted += 1;
+                let v: Value = serde_json::from_slice(input).map_err(|e| e.to_string())?;
+                if v.get("role") != Some(&"control".into()) {
+                    return Err("accepted as the control endpoint without role control".into());
                 }
             }
             Ok(Plugin::Filter(c)) => {

@@ -1,0 +1,276 @@
+//! `canary-guard`: the operator's CLI for the control endpoint of a canary-guard proxy.
+//!
+//!   canary-guard [--endpoint URL] [--token TOKEN] status [--json]
+//!   canary-guard [--endpoint URL] [--token TOKEN] watch [--interval 1s]
+//!   canary-guard [--endpoint URL] [--token TOKEN] promote|abort|pause|resume|approve NAME
+//!
+//! The endpoint defaults to $CANARY_GUARD_ENDPOINT, else http://127.0.0.1:9902; the token to
+//! $CANARY_GUARD_TOKEN. Plain HTTP/1.1 to a loopback listener (the control endpoint takes
+//! loopback callers unless allowRemote); exit 0 on success, 1 on a refused request, 2 when
+//! the endpoint cannot be reached or the command line is wrong.
+
+// serde_json's `value["key"]` gives Null for a missing key (it never panics), and the table's
+// rows are arrays of a fixed width.
+#![allow(clippy::indexing_slicing)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "usage: canary-guard [--endpoint URL] [--token TOKEN] status [--json] | watch [--interval 1s] | promote|abort|pause|resume|approve NAME";
+
+struct Endpoint {
+    host: String,
+    port: u16,
+    token: Option<String>,
+}
+
+fn parse_endpoint(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: the endpoint must be an http:// URL (host:port)"))?;
+    let hostport = rest.split('/').next().unwrap_or("");
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url}: the endpoint needs a port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("{url}: {port:?} is not a port"))?;
+    Ok((host.to_string(), port))
+}
+
+/// One request: (status, body as JSON).
+fn call(ep: &Endpoint, method: &str, path: &str) -> Result<(u32, Value), String> {
+    let addr = (ep.host.as_str(), ep.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", ep.host))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {}", ep.host))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| {
+        format!(
+            "cannot reach the control endpoint at http://{}:{}: {e}",
+            ep.host, ep.port
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let auth = ep
+        .token
+        .as_ref()
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {}:{}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n",
+        ep.host, ep.port
+    );
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| format!("sending the request failed: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("reading the answer failed: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("the endpoint's answer is not HTTP")?;
+    let status: u32 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("the endpoint's answer has no status")?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let json = serde_json::from_str(body.trim()).unwrap_or(Value::String(body.trim().to_string()));
+    Ok((status, json))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A table like `kubectl get canary`.
+fn table(list: &[Value]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "REVISION".into(),
+        "PHASE".into(),
+        "WEIGHT".into(),
+        "FAILED CHECKS".into(),
+        "LAST DECISION".into(),
+    ]];
+    for c in list {
+        let mut phase = cell(&c["phase"]);
+        if c["paused"].as_bool() == Some(true) {
+            phase.push_str(" (paused)");
+        }
+        let decision = c["lastDecision"]["text"]
+            .as_str()
+            .map(|t| t.split_once(": ").map_or(t, |(_, rest)| rest).to_string())
+            .unwrap_or_else(|| "-".into());
+        rows.push([
+            cell(&c["name"]),
+            cell(&c["revision"]),
+            phase,
+            cell(&c["weight"]),
+            cell(&c["failedChecks"]),
+            decision,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let mut line = String::new();
+            for (i, w) in widths.iter().enumerate() {
+                line.push_str(&format!("{:<w$}   ", r[i], w = *w));
+            }
+            line.push_str(&r[5]);
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn refused(status: u32, body: &Value) -> ExitCode {
+    let msg = body["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string());
+    eprintln!("canary-guard: HTTP {status}: {msg}");
+    ExitCode::from(1)
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut endpoint =
+        std::env::var("CANARY_GUARD_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9902".into());
+    let mut token = std::env::var("CANARY_GUARD_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let mut json_out = false;
+    let mut interval = Duration::from_secs(1);
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = std::mem::take(&mut args[i]);
+        let value = |i: &mut usize| {
+            *i += 1;
+            args.get(*i).cloned()
+        };
+        match a.as_str() {
+            "--endpoint" => match value(&mut i) {
+                Some(v) => endpoint = v,
+                None => return usage("--endpoint needs a URL"),
+            },
+            "--token" => token = value(&mut i),
+            "--json" => json_out = true,
+            "--interval" => match value(&mut i)
+                .and_then(|v| canary_guard::config::duration::parse_millis(&v).ok())
+            {
+                Some(ms) if ms >= 100 => interval = Duration::from_millis(ms),
+                _ => return usage("--interval needs a duration of at least 100ms (e.g. 2s)"),
+            },
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ => rest.push(a),
+        }
+        i += 1;
+    }
+    let (host, port) = match parse_endpoint(&endpoint) {
+        Ok(hp) => hp,
+        Err(e) => return usage(&e),
+    };
+    let ep = Endpoint { host, port, token };
+    match rest
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["status"] => match call(&ep, "GET", "/canaries") {
+            Ok((200, Value::Array(list))) => {
+                if json_out {
+                    println!("{}", Value::Array(list));
+                } else {
+                    println!("{}", table(&list));
+                }
+                ExitCode::SUCCESS
+            }
+            Ok((status, body)) => refused(status, &body),
+            Err(e) => unreachable_endpoint(&e),
+        },
+        ["watch"] => loop {
+            match call(&ep, "GET", "/canaries") {
+                Ok((200, Value::Array(list))) => {
+                    // Clear the screen and home the cursor, then the table.
+                    println!("\x1b[2J\x1b[H{}", table(&list));
+                    let _ = std::io::stdout().flush();
+                }
+                Ok((status, body)) => return refused(status, &body),
+                Err(e) => return unreachable_endpoint(&e),
+            }
+            std::thread::sleep(interval);
+        },
+        [verb @ ("promote" | "abort" | "pause" | "resume" | "approve"), name] => {
+            match call(&ep, "POST", &format!("/canaries/{name}/{verb}")) {
+                Ok((202, body)) => {
+                    println!(
+                        "canary {name}: {verb} accepted (revision {}, by {}); the analyser carries it out on its next tick",
+                        cell(&body["revision"]),
+                        cell(&body["by"])
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok((status, body)) => refused(status, &body),
+                Err(e) => unreachable_endpoint(&e),
+            }
+        }
+        _ => usage("unknown command"),
+    }
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("canary-guard: {why}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn unreachable_endpoint(e: &str) -> ExitCode {
+    eprintln!(
+        "canary-guard: {e} (is the control listener configured? see the README's Control API)"
+    );
+    ExitCode::from(2)
+}
