@@ -15,6 +15,7 @@
 
 use super::{Analyser, Loaded};
 use crate::config::{self, Config, RestartPolicy};
+use crate::control::Command;
 use crate::fleet::etcd::{self, EtcdError, Kv, Request};
 use crate::fleet::record::{merge_slots, ReplicaRecord};
 use crate::fleet::{escape, poll_ms, publish_ms, replica_id, stale_states, FleetKeys, STATES_KEPT};
@@ -53,6 +54,8 @@ enum Call {
         /// The write creates the revision's state (it had none).
         created: bool,
     },
+    /// An operator's command taken here, sent on to the judge.
+    ForwardCommand,
     /// The state keys of every revision, after this judge created its revision's.
     ListStates,
     DeleteStates(usize),
@@ -68,6 +71,7 @@ impl Call {
             Call::Campaign => "judge election",
             Call::Records => "tally read",
             Call::Write { .. } => "state write",
+            Call::ForwardCommand => "command forward",
             Call::ListStates => "state key listing",
             Call::DeleteStates(_) => "old state clean-up",
         }
@@ -114,6 +118,8 @@ pub struct Agent {
     campaign_now: bool,
     replicas: BTreeSet<String>,
     clock_started: bool,
+    /// The mod revision of the last operator command read from etcd.
+    command_mod: i64,
 }
 
 impl Agent {
@@ -143,6 +149,7 @@ impl Agent {
             campaign_now: false,
             replicas: BTreeSet::new(),
             clock_started: false,
+            command_mod: 0,
         }
     }
 
@@ -306,6 +313,15 @@ impl Analyser {
                 self.send(agent, host, tel, req, Call::Campaign, now_ms);
             }
         }
+        // An operator's command taken by this proxy's control endpoint goes to etcd, where the
+        // judge (this proxy or another) reads it at its next poll and carries it out: one path,
+        // and a judge that takes over later still knows the last command (a pause holds).
+        if let Some(cmd) = self.new_command(store) {
+            self.command_seen = cmd.id;
+            let req = etcd::put(&keys.command, &cmd.encode(), None);
+            self.send(agent, host, tel, req, Call::ForwardCommand, now_ms);
+            agent.next_poll_ms = now_ms;
+        }
         let age = now_ms.saturating_sub(agent.last_good_ms);
         tel.gauge(&name, Stat::FleetStateAgeMs, age);
         if !agent.fallback && age > agent.conf.max_staleness_ms {
@@ -338,6 +354,10 @@ impl Analyser {
         let Some(fence) = agent.judge else {
             return;
         };
+        if let Some(cmd) = self.pending_fleet_command.take() {
+            self.fleet_command(agent, keys, host, tel, &cmd, now_ms);
+            return;
+        }
         let jcfg = judge_config(&self.cfg);
         let (found, seen_mod) = match (&agent.followed, agent.absent) {
             (Some(f), _) => (Found::State(&f.state), f.mod_revision),
@@ -379,6 +399,37 @@ impl Analyser {
                 }
             }
         }
+    }
+
+    /// The judge carries out an operator's command on the fleet state (pause and resume hold
+    /// or free its checks; the others are one fenced state write, which every replica follows).
+    fn fleet_command(
+        &mut self,
+        agent: &mut Agent,
+        keys: &FleetKeys,
+        host: &mut dyn HttpCalls,
+        tel: &mut dyn Telemetry,
+        cmd: &Command,
+        now_ms: u64,
+    ) {
+        let Some(fence) = agent.judge else {
+            return;
+        };
+        let (state, seen_mod) = match &agent.followed {
+            Some(f) => (Some(f.state.clone()), f.mod_revision),
+            None => (None, 0),
+        };
+        let Some((next, events)) = self.carry_out(tel, cmd, state.as_ref(), now_ms) else {
+            return;
+        };
+        let req = etcd::fenced_put(&keys.judge, fence, &keys.state, seen_mod, &next.encode());
+        let call = Call::Write {
+            next,
+            events,
+            results: Vec::new(),
+            created: seen_mod == 0,
+        };
+        self.send(agent, host, tel, req, call, now_ms);
     }
 
     /// This proxy's record: every local worker slot merged (`fleet::record`).
@@ -584,6 +635,9 @@ impl Analyser {
                 let range = etcd::parse_range(status, body)?;
                 self.on_records(agent, &range.kvs, tel, host, now_ms)?;
             }
+            Call::ForwardCommand => {
+                etcd::parse_put(status, body)?;
+            }
             Call::ListStates => {
                 let range = etcd::parse_range(status, body)?;
                 let Some(keys) = agent.keys.clone() else {
@@ -697,6 +751,21 @@ impl Analyser {
                     );
                 }
                 agent.campaign_now = true;
+            }
+        }
+        if let Some(kv) = kvs.iter().find(|kv| kv.key == keys.command) {
+            if agent.judge.is_some() && kv.mod_revision > agent.command_mod {
+                agent.command_mod = kv.mod_revision;
+                match Command::decode(&kv.value) {
+                    Some(cmd) if cmd.revision == self.cfg.revision => {
+                        self.pending_fleet_command = Some(cmd);
+                    }
+                    _ => self.log.revision(
+                        tel,
+                        Level::Warn,
+                        "ignored an operator command in etcd that does not validate",
+                    ),
+                }
             }
         }
         let read = kvs.iter().find(|kv| kv.key == keys.state);
@@ -996,9 +1065,10 @@ impl Analyser {
     }
 }
 
-/// One txn that reads the state and the judge key (no compare: its success branch runs).
+/// One txn that reads the state, the judge key and the operator's command (no compare: its
+/// success branch runs).
 fn poll(keys: &FleetKeys) -> Request {
-    etcd::read_both(&keys.state, &keys.judge)
+    etcd::read_keys(&[&keys.state, &keys.judge, &keys.command])
 }
 
 /// This process's replica id, made once and kept in shared data.

@@ -77,6 +77,8 @@ pub struct Analyser {
     paused: bool,
     /// Decision lines not yet in the canary's `decisions` record (the control status).
     decided: RefCell<Vec<String>>,
+    /// Fleet mode: an operator's command read from etcd, for the judge to carry out.
+    pending_fleet_command: Option<Command>,
 }
 
 /// A check's webhook rounds so far: the gates they gave, and which rounds are done.
@@ -130,6 +132,7 @@ impl Analyser {
             command_seen: 0,
             paused: false,
             decided: RefCell::new(Vec::new()),
+            pending_fleet_command: None,
         }
     }
 
@@ -626,7 +629,7 @@ impl Analyser {
     }
 
     /// The operator's command for this revision not carried out yet by this analyser.
-    fn new_command(&mut self, store: &dyn SharedStore) -> Option<Command> {
+    pub(super) fn new_command(&mut self, store: &dyn SharedStore) -> Option<Command> {
         let (bytes, _) = store.get(&self.keys.command).ok().flatten()?;
         let cmd = Command::decode(&bytes)?;
         (cmd.revision == self.cfg.revision && cmd.id > self.command_seen).then_some(cmd)
@@ -634,7 +637,7 @@ impl Analyser {
 
     /// Carries out an operator's command: pause and resume hold or free the checks (logged);
     /// the others give the state to write, when they change it.
-    fn carry_out(
+    pub(super) fn carry_out(
         &mut self,
         tel: &mut dyn Telemetry,
         cmd: &Command,

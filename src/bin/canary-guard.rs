@@ -69,10 +69,19 @@ fn call(ep: &Endpoint, method: &str, path: &str) -> Result<(u32, Value), String>
     stream
         .write_all(req.as_bytes())
         .map_err(|e| format!("sending the request failed: {e}"))?;
+    // Read the head, then exactly content-length bytes: Envoy holds a closing connection
+    // open for its delayed-close timeout (1 s), so waiting for the end would wait for that.
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("reading the answer failed: {e}"))?;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .map_err(|e| format!("reading the answer failed: {e}"))?;
+        raw.extend_from_slice(&buf[..n]);
+        if n == 0 || answer_complete(&raw) {
+            break;
+        }
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -93,6 +102,24 @@ fn call(ep: &Endpoint, method: &str, path: &str) -> Result<(u32, Value), String>
     };
     let json = serde_json::from_str(body.trim()).unwrap_or(Value::String(body.trim().to_string()));
     Ok((status, json))
+}
+
+/// The head is in and so is the whole body (by content-length, or a chunked body's end).
+fn answer_complete(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    match length {
+        Some(n) => body.len() >= n,
+        None => body.ends_with("0\r\n\r\n"),
+    }
 }
 
 fn dechunk(body: &str) -> String {

@@ -155,15 +155,16 @@ pub fn fenced_put(
 
 /// Reads `a` and `b` in one txn (no compare: the success branch runs), at one revision.
 pub fn read_both(a: &[u8], b: &[u8]) -> Request {
-    request(
-        "/v3/kv/txn",
-        json!({
-            "success": [
-                {"request_range": {"key": base64::encode(a)}},
-                {"request_range": {"key": base64::encode(b)}},
-            ],
-        }),
-    )
+    read_keys(&[a, b])
+}
+
+/// Reads these keys in one txn (no compare: the success branch runs), at one revision.
+pub fn read_keys(keys: &[&[u8]]) -> Request {
+    let success: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"request_range": {"key": base64::encode(k)}}))
+        .collect();
+    request("/v3/kv/txn", json!({ "success": success }))
 }
 
 /// A key-value pair as etcd returned it, validated.

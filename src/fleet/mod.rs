@@ -24,6 +24,9 @@ pub struct FleetKeys {
     pub replica: Vec<u8>,
     /// Every revision's state key starts with this (for the clean-up of old revisions).
     pub states: Vec<u8>,
+    /// An operator's last command for this revision, sent on by the replica that took it
+    /// (`control`), for the judge to carry out.
+    pub command: Vec<u8>,
 }
 
 impl FleetKeys {
@@ -37,6 +40,7 @@ impl FleetKeys {
             replica: format!("{replicas}{}", escape(replica)).into_bytes(),
             replicas: replicas.into_bytes(),
             states: states.into_bytes(),
+            command: format!("{prefix}/{canary}/command/{rev}").into_bytes(),
         }
     }
 }

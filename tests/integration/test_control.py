@@ -64,9 +64,9 @@ def test_status_abort_and_the_cli(launcher, backends):
             head, row = table.stdout.splitlines()[:2]
             assert head.split()[:5] == ["NAME", "REVISION", "PHASE", "WEIGHT", "FAILED"], head
             assert row.split()[:3] == ["web", "v2", "Progressing"], row
+            asked = time.monotonic()
             r = cli(p, "abort", "web")
             assert r.returncode == 0 and "abort accepted" in r.stdout, r.stdout + r.stderr
-            asked = time.monotonic()
             p.wait_for(lambda: stat(p, "phase") == FAILED, 5, "aborted")
             print(f"\nabort -> weight 0: {time.monotonic() - asked:.2f}s")
             assert stat(p, "weight") == 0
@@ -140,3 +140,39 @@ def test_tokens_hostile_input_and_clear_errors(launcher, backends):
     gone = subprocess.run([str(CLI), "--endpoint", f"http://127.0.0.1:{harness.free_port()}", "status"],
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode == 2 and "cannot reach the control endpoint" in gone.stderr, gone.stderr
+
+
+def test_fleet_mode_an_abort_on_one_replica_rolls_back_every_replica(launcher, backends):
+    from tests.integration.fleet import Etcd, add_etcd_cluster, fleet_plugin_config
+    etcd = Etcd(launcher.tmp_path).start()
+    try:
+        cfg = fleet_plugin_config(canary_cfg())
+        proxies = []
+        for i in range(3):
+            p = harness.Proxy(launcher.tmp_path, backends, cfg, mode="singleton", name=f"replica-{i}")
+            add_control_listener(p)
+            add_etcd_cluster(p, etcd.port, p.name)
+            launcher._track(p)
+            proxies.append(p.start())
+        loads = [harness.LoadGenerator(p.url, rate=r, connections=2).start() for p, r in zip(proxies, (40, 20, 10))]
+        try:
+            for p in proxies:
+                p.wait_for(lambda p=p: (stat(p, "weight") or 0) >= 30, 20, f"{p.name} at 30")
+            judge = next(p for p in proxies if stat(p, "fleet.judge", 0) == 1)
+            other = next(p for p in proxies if p is not judge)
+            asked = time.monotonic()
+            r = cli(other, "abort", "web")
+            print(f"\nthe CLI answered in {time.monotonic() - asked:.2f}s")
+            assert r.returncode == 0, r.stdout + r.stderr
+            for p in proxies:
+                p.wait_for(lambda p=p: stat(p, "phase") == FAILED and stat(p, "weight") == 0, 10,
+                           f"{p.name} rolled back")
+            print(f"\nfleet abort on {other.name} (not the judge) -> weight 0 on every replica: "
+                  f"{time.monotonic() - asked:.2f}s")
+        finally:
+            for l in loads:
+                l.stop()
+        assert f"rolling back, aborted by 127.0.0.1:" in judge.log_text()
+        assert sum(stat(p, "rollbacks", 0) for p in proxies) == 1
+    finally:
+        etcd.stop()
