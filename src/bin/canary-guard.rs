@@ -4,6 +4,8 @@
 //!   canary-guard [--endpoint URL] [--token TOKEN] watch [--interval 1s]
 //!   canary-guard [--endpoint URL] [--token TOKEN] promote|abort|pause|resume|approve NAME
 //!
+//!   canary-guard --etcd http://127.0.0.1:2379 [--prefix /canary-guard] status | ACTION NAME
+//!
 //! The endpoint defaults to $CANARY_GUARD_ENDPOINT, else http://127.0.0.1:9902; the token to
 //! $CANARY_GUARD_TOKEN. Plain HTTP/1.1 to a loopback listener (the control endpoint takes
 //! loopback callers unless allowRemote); exit 0 on success, 1 on a refused request, 2 when
@@ -19,7 +21,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: canary-guard [--endpoint URL] [--token TOKEN] status [--json] | watch [--interval 1s] | promote|abort|pause|resume|approve NAME";
+const USAGE: &str = "usage: canary-guard [--endpoint URL] [--token TOKEN] status [--json] | watch [--interval 1s] | promote|abort|pause|resume|approve NAME\n       canary-guard --etcd http://HOST:2379 [--prefix /canary-guard] status | promote|abort|pause|resume|approve NAME   (fleet mode, straight from etcd)";
 
 struct Endpoint {
     host: String,
@@ -43,6 +45,10 @@ fn parse_endpoint(url: &str) -> Result<(String, u16), String> {
 
 /// One request: (status, body as JSON).
 fn call(ep: &Endpoint, method: &str, path: &str) -> Result<(u32, Value), String> {
+    call_with(ep, method, path, "")
+}
+
+fn call_with(ep: &Endpoint, method: &str, path: &str, body: &str) -> Result<(u32, Value), String> {
     let addr = (ep.host.as_str(), ep.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}", ep.host))?
@@ -63,8 +69,10 @@ fn call(ep: &Endpoint, method: &str, path: &str) -> Result<(u32, Value), String>
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {}:{}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n",
-        ep.host, ep.port
+        "{method} {path} HTTP/1.1\r\nhost: {}:{}\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        ep.host,
+        ep.port,
+        body.len()
     );
     stream
         .write_all(req.as_bytes())
@@ -190,6 +198,104 @@ fn table(list: &[Value]) -> String {
         .join("\n")
 }
 
+/// Fleet mode, straight from etcd (its v3 HTTP gateway): every canary's newest revision state
+/// and its judge, as the control endpoint's status shape.
+fn etcd_status(ep: &Endpoint, prefix: &str) -> Result<Vec<Value>, String> {
+    use canary_guard::fleet::etcd::base64;
+    let start = format!("{prefix}/");
+    let end = format!("{prefix}0"); // '/' + 1
+    let q = serde_json::json!({"key": base64::encode(start.as_bytes()), "range_end": base64::encode(end.as_bytes())});
+    let (status, body) = call_with(ep, "POST", "/v3/kv/range", &q.to_string())?;
+    if status != 200 {
+        return Err(format!("etcd answered HTTP {status}: {body}"));
+    }
+    let mut newest: std::collections::BTreeMap<String, (i64, Value)> = Default::default();
+    let mut judges: std::collections::BTreeMap<String, String> = Default::default();
+    for kv in body["kvs"].as_array().cloned().unwrap_or_default() {
+        let key = base64::decode(kv["key"].as_str().unwrap_or("")).unwrap_or_default();
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let Some(rest) = key.strip_prefix(&start) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let value = base64::decode(kv["value"].as_str().unwrap_or("")).unwrap_or_default();
+        let modrev: i64 = kv["mod_revision"]
+            .as_str()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        match parts.as_slice() {
+            [name, "state", _] => {
+                let Some(st) = canary_guard::state::CanaryState::decode(&value) else {
+                    continue;
+                };
+                let row = serde_json::json!({"name": name, "revision": st.revision, "phase": st.phase.name(),
+                    "weight": st.weight, "failedChecks": st.failed_checks, "lastCheckMs": st.last_check_ms});
+                if newest.get(*name).is_none_or(|(m, _)| modrev > *m) {
+                    newest.insert((*name).to_string(), (modrev, row));
+                }
+            }
+            [name, "judge", _] => {
+                judges.insert(
+                    (*name).to_string(),
+                    String::from_utf8_lossy(&value).into_owned(),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(newest
+        .into_iter()
+        .map(|(name, (_, mut row))| {
+            let judge = judges.get(&name).cloned().unwrap_or_else(|| "-".into());
+            row["lastDecision"] = serde_json::json!({"text": format!("judge {judge}")});
+            row
+        })
+        .collect())
+}
+
+/// Fleet mode, straight to etcd: the command key the judge reads at its next poll.
+fn etcd_act(ep: &Endpoint, prefix: &str, verb: &str, name: &str) -> Result<String, (u8, String)> {
+    use canary_guard::control::{Action, Command};
+    use canary_guard::fleet::etcd::base64;
+    let list = etcd_status(ep, prefix).map_err(|e| (2, e))?;
+    let Some(row) = list.iter().find(|r| r["name"] == name) else {
+        return Err((1, format!("no canary {name:?} in etcd under {prefix}")));
+    };
+    if row["phase"] == "Failed" {
+        return Err((
+            1,
+            format!(
+                "revision {} of canary {name} is Failed: only a new revision runs again",
+                cell(&row["revision"])
+            ),
+        ));
+    }
+    let Some(action) = Action::parse(verb) else {
+        return Err((2, format!("unknown action {verb}")));
+    };
+    let revision = cell(&row["revision"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let cmd = Command {
+        id: now,
+        action,
+        revision: revision.clone(),
+        by: "canary-guard CLI (etcd)".into(),
+        at_ms: now,
+    };
+    let key = format!(
+        "{prefix}/{name}/command/{}",
+        canary_guard::fleet::escape(&revision)
+    );
+    let put = serde_json::json!({"key": base64::encode(key.as_bytes()), "value": base64::encode(&cmd.encode())});
+    match call_with(ep, "POST", "/v3/kv/put", &put.to_string()) {
+        Ok((200, _)) => Ok(revision),
+        Ok((status, body)) => Err((1, format!("etcd answered HTTP {status}: {body}"))),
+        Err(e) => Err((2, e)),
+    }
+}
+
 fn refused(status: u32, body: &Value) -> ExitCode {
     let msg = body["error"]
         .as_str()
@@ -207,6 +313,8 @@ fn main() -> ExitCode {
         .ok()
         .filter(|t| !t.is_empty());
     let mut json_out = false;
+    let mut etcd: Option<String> = None;
+    let mut prefix = "/canary-guard".to_string();
     let mut interval = Duration::from_secs(1);
     let mut rest = Vec::new();
     let mut i = 0;
@@ -222,6 +330,11 @@ fn main() -> ExitCode {
                 None => return usage("--endpoint needs a URL"),
             },
             "--token" => token = value(&mut i),
+            "--etcd" => etcd = value(&mut i),
+            "--prefix" => match value(&mut i) {
+                Some(p) => prefix = p,
+                None => return usage("--prefix needs the fleet prefix (default /canary-guard)"),
+            },
             "--json" => json_out = true,
             "--interval" => match value(&mut i)
                 .and_then(|v| canary_guard::config::duration::parse_millis(&v).ok())
@@ -242,6 +355,48 @@ fn main() -> ExitCode {
         Err(e) => return usage(&e),
     };
     let ep = Endpoint { host, port, token };
+    if let Some(url) = etcd {
+        let (host, port) = match parse_endpoint(&url) {
+            Ok(hp) => hp,
+            Err(e) => return usage(&e),
+        };
+        let etcd = Endpoint {
+            host,
+            port,
+            token: None,
+        };
+        return match rest
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["status"] => match etcd_status(&etcd, &prefix) {
+                Ok(list) if json_out => {
+                    println!("{}", Value::Array(list));
+                    ExitCode::SUCCESS
+                }
+                Ok(list) => {
+                    println!("{}", table(&list));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => unreachable_endpoint(&e),
+            },
+            [verb @ ("promote" | "abort" | "pause" | "resume" | "approve"), name] => {
+                match etcd_act(&etcd, &prefix, verb, name) {
+                    Ok(rev) => {
+                        println!("canary {name}: {verb} written to etcd (revision {rev}); the fleet's judge carries it out at its next poll");
+                        ExitCode::SUCCESS
+                    }
+                    Err((code, e)) => {
+                        eprintln!("canary-guard: {e}");
+                        ExitCode::from(code)
+                    }
+                }
+            }
+            _ => usage("with --etcd: status, or promote|abort|pause|resume|approve NAME"),
+        };
+    }
     match rest
         .iter()
         .map(String::as_str)

@@ -160,6 +160,12 @@ def test_fleet_mode_an_abort_on_one_replica_rolls_back_every_replica(launcher, b
                 p.wait_for(lambda p=p: (stat(p, "weight") or 0) >= 30, 20, f"{p.name} at 30")
             judge = next(p for p in proxies if stat(p, "fleet.judge", 0) == 1)
             other = next(p for p in proxies if p is not judge)
+            # The CLI straight from etcd: the fleet's state and its judge.
+            direct = subprocess.run([str(CLI), "--etcd", etcd.url, "status"], capture_output=True,
+                                    text=True, timeout=30)
+            assert direct.returncode == 0, direct.stderr
+            row = direct.stdout.splitlines()[1]
+            assert row.split()[:3] == ["web", "v2", "Progressing"] and "judge replica-" in row, direct.stdout
             asked = time.monotonic()
             r = cli(other, "abort", "web")
             print(f"\nthe CLI answered in {time.monotonic() - asked:.2f}s")
@@ -173,6 +179,9 @@ def test_fleet_mode_an_abort_on_one_replica_rolls_back_every_replica(launcher, b
             for l in loads:
                 l.stop()
         assert f"rolling back, aborted by 127.0.0.1:" in judge.log_text()
+        refused = subprocess.run([str(CLI), "--etcd", etcd.url, "promote", "web"], capture_output=True,
+                                 text=True, timeout=30)
+        assert refused.returncode == 1 and "is Failed" in refused.stderr, refused.stderr
         assert sum(stat(p, "rollbacks", 0) for p in proxies) == 1
     finally:
         etcd.stop()
