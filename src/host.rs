@@ -270,6 +270,25 @@ pub trait Telemetry {
     fn log(&mut self, level: Level, message: &str);
     /// Defines every stat of a canary up front, so that all show in /stats from the start.
     fn define_all(&mut self, _canary: &str) {}
+    /// A gauge whose name is made at run time (`canary_guard.<name>.revision_info.<rev>`).
+    fn gauge_named(&mut self, _name: &str, _value: u64) {}
+}
+
+/// The name of a canary's revision info gauge: 1 while that revision is the one analysed (the
+/// `revision` stats_tag makes it `canary_guard_revision_info{canary, revision}`, the label a
+/// dashboard joins the request counters with). The revision is kept to `[A-Za-z0-9_.-]`.
+pub fn revision_info_name(canary: &str, revision: &str) -> String {
+    let rev: String = revision
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("canary_guard.{canary}.revision_info.{rev}")
 }
 
 /// One call out of the proxy: POST `path` with a JSON `body` to an Envoy cluster.

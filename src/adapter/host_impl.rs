@@ -28,6 +28,7 @@ impl SharedStore for HostStore {
 #[derive(Default)]
 pub struct HostTelemetry {
     ids: HashMap<(String, Stat), Option<u32>>,
+    named: HashMap<String, Option<u32>>,
 }
 
 impl HostTelemetry {
@@ -72,6 +73,20 @@ impl Telemetry for HostTelemetry {
     fn define_all(&mut self, canary: &str) {
         for stat in Stat::ALL {
             self.id(canary, stat);
+        }
+    }
+
+    fn gauge_named(&mut self, name: &str, value: u64) {
+        let id = match self.named.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = ffi::define_metric(ffi::GAUGE, name);
+                self.named.insert(name.to_string(), id);
+                id
+            }
+        };
+        if let Some(id) = id {
+            ffi::record_metric(id, value);
         }
     }
 }

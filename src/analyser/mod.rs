@@ -13,6 +13,7 @@ pub mod hooks;
 mod log;
 mod singleton;
 
+use crate::host::revision_info_name;
 pub use singleton::Singleton;
 
 use crate::config::{Config, HookType, MetricCheck, MetricKind};
@@ -529,6 +530,7 @@ impl Analyser {
                         .as_ref()
                         .filter(|p| p.revision != self.cfg.revision)
                     {
+                        tel.gauge_named(&revision_info_name(&self.cfg.name, &p.revision), 0);
                         let line = format!(
                             "revision {} -> {}, previous phase {}",
                             p.revision,
@@ -811,6 +813,7 @@ impl Analyser {
 
     fn publish_state(&self, tel: &mut dyn Telemetry, s: &CanaryState) {
         let name = &self.cfg.name;
+        tel.gauge_named(&revision_info_name(name, &self.cfg.revision), 1);
         tel.gauge(name, Stat::Weight, u64::from(s.weight));
         tel.gauge(name, Stat::Phase, s.phase as u64);
         tel.gauge(name, Stat::FailedChecks, u64::from(s.failed_checks));

@@ -70,6 +70,9 @@ impl Telemetry for FakeTelemetry {
     fn log(&mut self, level: Level, message: &str) {
         self.logs.push((level, message.to_string()));
     }
+    fn gauge_named(&mut self, name: &str, value: u64) {
+        self.gauges.insert(name.to_string(), value);
+    }
 }
 
 impl FakeTelemetry {
