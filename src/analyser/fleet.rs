@@ -78,6 +78,15 @@ impl Call {
     }
 }
 
+/// A state the judge writes, fenced (`write_fleet_state`).
+struct StateWrite {
+    fence: i64,
+    seen_mod: i64,
+    next: CanaryState,
+    events: Vec<Event>,
+    results: Vec<MetricResult>,
+}
+
 struct Pending {
     token: u32,
     call: Call,
@@ -371,15 +380,14 @@ impl Analyser {
                 else {
                     return;
                 };
-                let req =
-                    etcd::fenced_put(&keys.judge, fence, &keys.state, seen_mod, &next.encode());
-                let call = Call::Write {
+                let write = StateWrite {
+                    fence,
+                    seen_mod,
                     next,
                     events,
                     results: Vec::new(),
-                    created: seen_mod == 0,
                 };
-                self.send(agent, host, tel, req, call, now_ms);
+                self.write_fleet_state(agent, keys, host, tel, write, now_ms);
             }
             Resume::Keep(state) => {
                 if self.hold_while_suspended(tel, &state) {
@@ -422,12 +430,39 @@ impl Analyser {
         let Some((next, events)) = self.carry_out(tel, cmd, state.as_ref(), now_ms) else {
             return;
         };
-        let req = etcd::fenced_put(&keys.judge, fence, &keys.state, seen_mod, &next.encode());
-        let call = Call::Write {
+        let write = StateWrite {
+            fence,
+            seen_mod,
             next,
             events,
             results: Vec::new(),
-            created: seen_mod == 0,
+        };
+        self.write_fleet_state(agent, keys, host, tel, write, now_ms);
+    }
+
+    /// The judge's state write: one txn fenced on its judge key's create revision and on the
+    /// state's mod revision as read (0: absent, which creates the revision's state).
+    fn write_fleet_state(
+        &self,
+        agent: &mut Agent,
+        keys: &FleetKeys,
+        host: &mut dyn HttpCalls,
+        tel: &mut dyn Telemetry,
+        w: StateWrite,
+        now_ms: u64,
+    ) {
+        let req = etcd::fenced_put(
+            &keys.judge,
+            w.fence,
+            &keys.state,
+            w.seen_mod,
+            &w.next.encode(),
+        );
+        let call = Call::Write {
+            next: w.next,
+            events: w.events,
+            results: w.results,
+            created: w.seen_mod == 0,
         };
         self.send(agent, host, tel, req, call, now_ms);
     }
@@ -916,21 +951,15 @@ impl Analyser {
             return Ok(());
         };
         let (results, next, events) = self.run_check_at(&f.state, &slots, &gates, to, now_ms);
-        let req = etcd::fenced_put(
-            &keys.judge,
+        let write = StateWrite {
             fence,
-            &keys.state,
-            f.mod_revision,
-            &next.encode(),
-        );
-        let call = Call::Write {
+            seen_mod: f.mod_revision,
             next,
             events,
             results,
-            created: false,
         };
         // Sent from here: the check's outcome should not wait for the next tick.
-        self.send(agent, host, tel, req, call, now_ms);
+        self.write_fleet_state(agent, &keys, host, tel, write, now_ms);
         Ok(())
     }
 

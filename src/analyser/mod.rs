@@ -7,30 +7,36 @@
 //!    the tallied gauges and the shared-bytes probe;
 //! 5. `run_check`: measure each metric over its window and step the state machine;
 //! 6. `write`: compare-and-swap the next state, then count and log what happened.
+//!
+//! Beside the steps: `gates` (Flagger's webhooks a check or a start waits for, and the events
+//! sent on), `commands` (operators' actions from the control endpoint), `fleet` (fleet mode,
+//! where etcd holds the decision and one judge makes it).
 
+mod commands;
 mod fleet;
+mod gates;
 pub mod hooks;
 mod log;
 mod singleton;
 
-use crate::host::revision_info_name;
 pub use singleton::Singleton;
 
-use crate::config::{Config, HookType, MetricCheck, MetricKind};
+use crate::config::{Config, MetricCheck, MetricKind};
 use crate::control::{Action, Command};
-use crate::host::{Decision, HttpCalls, Level, RootHost, SetError, SharedStore, Stat, Telemetry};
+use crate::host::{
+    revision_info_name, Decision, HttpCalls, Level, RootHost, SetError, SharedStore, Stat,
+    Telemetry,
+};
 use crate::metrics::{evaluate, MetricResult};
 use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
 use crate::state_machine::{
-    check, held, is_due, is_start_check, operate, resume, summary, Cause, Event, Found, Gates,
-    Resume,
+    check, held, is_due, resume, summary, Cause, Event, Found, Gates, Resume,
 };
 use crate::store::lease::{self, HolderKind};
 use crate::store::slots::read_all;
 use crate::store::Keys;
 use crate::tally::{SlotRecord, Tally, Totals};
-use hooks::Purpose;
 use log::{CanaryLog, Once};
 use std::cell::RefCell;
 
@@ -210,27 +216,6 @@ impl Analyser {
         self.record_decisions(store, now_ms);
     }
 
-    /// Keeps the last decisions in shared data, for the control endpoint's status.
-    pub(super) fn record_decisions(&self, store: &dyn SharedStore, now_ms: u64) {
-        let new = std::mem::take(&mut *self.decided.borrow_mut());
-        if new.is_empty() {
-            return;
-        }
-        let mut list: Vec<serde_json::Value> = store
-            .get(&self.keys.decisions)
-            .ok()
-            .flatten()
-            .and_then(|(b, _)| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        for text in new {
-            list.push(serde_json::json!({"atMs": now_ms, "text": text}));
-        }
-        let keep = list.len().saturating_sub(crate::control::DECISIONS_KEPT);
-        list.drain(..keep);
-        let bytes = serde_json::Value::Array(list).to_string().into_bytes();
-        let _written = store.set(&self.keys.decisions, &bytes, 0);
-    }
-
     /// Steps 2 to 6 (outside fleet mode).
     fn analyse(
         &mut self,
@@ -274,173 +259,6 @@ impl Analyser {
         };
         let (results, next, events) = self.run_check(&state, &slots, &gates, now_ms);
         self.write(store, tel, loaded.cas, &results, &next, &events);
-    }
-
-    /// The webhooks of the check now due, in Flagger's order: first `rollback` and `rollout`
-    /// (`pre-rollout` before the first weight); then, if the check would advance or promote,
-    /// `confirm-traffic-increase` or `confirm-promotion`. `None` while a round is answering;
-    /// the gates once every round this check needs is done (at once without webhooks).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn checked(
-        &mut self,
-        tel: &mut dyn Telemetry,
-        host: &mut dyn HttpCalls,
-        state: &CanaryState,
-        slots: &[SlotRecord],
-        check_ms: u64,
-        now_ms: u64,
-    ) -> Option<Gates> {
-        if self.cfg.analysis.webhooks.is_empty() {
-            return Some(Gates::OPEN);
-        }
-        if self.pending.as_ref().map(|p| p.for_check_ms) != Some(state.last_check_ms) {
-            // A new check (or the state moved on under a round): start over.
-            self.hooks.round = None;
-            self.pending = Some(PendingCheck {
-                for_check_ms: state.last_check_ms,
-                ..PendingCheck::default()
-            });
-        }
-        if let Some(round) = self.hooks.finished() {
-            let (gates, passed) = round.gates(&self.cfg);
-            for line in passed {
-                self.log.revision(tel, Level::Info, &line);
-            }
-            if let Some(p) = self.pending.as_mut() {
-                merge(&mut p.gates, gates);
-                match round.purpose {
-                    hooks::Purpose::Confirmations => p.second_done = true,
-                    _ => p.first_done = true,
-                }
-            }
-        }
-        if self.hooks.round.is_some() {
-            return None;
-        }
-        let mut p = self.pending.clone()?;
-        let phase = state.phase.name();
-        if !p.first_done {
-            let first = if is_start_check(&self.cfg, state) {
-                [HookType::Rollback, HookType::PreRollout]
-            } else {
-                [HookType::Rollback, HookType::Rollout]
-            };
-            let at = state.last_check_ms;
-            if self
-                .hooks
-                .start(&self.cfg, Purpose::Check, &first, phase, at, host, now_ms)
-            {
-                return None;
-            }
-            p.first_done = true;
-        }
-        if !p.second_done {
-            // What this check would do with the answers so far decides which gate to ask.
-            let (_, _, events) = self.run_check_at(state, slots, &p.gates, check_ms, now_ms);
-            let kind = if events.iter().any(|e| matches!(e, Event::Advance { .. })) {
-                Some(HookType::ConfirmTrafficIncrease)
-            } else if state.phase != Phase::Promoting
-                && events.iter().any(|e| {
-                    matches!(
-                        e,
-                        Event::PromotionStarted { .. } | Event::PromotionCompleted
-                    )
-                })
-            {
-                Some(HookType::ConfirmPromotion)
-            } else {
-                None
-            };
-            if let Some(kind) = kind {
-                let at = state.last_check_ms;
-                if self.hooks.start(
-                    &self.cfg,
-                    Purpose::Confirmations,
-                    &[kind],
-                    "Progressing",
-                    at,
-                    host,
-                    now_ms,
-                ) {
-                    self.pending = Some(p);
-                    return None;
-                }
-            }
-            p.second_done = true;
-        }
-        self.pending = None;
-        Some(p.gates)
-    }
-
-    /// A round is out and not every webhook has answered yet.
-    fn hooks_pending(&self) -> bool {
-        self.hooks.round.as_ref().is_some_and(|r| !r.is_done())
-    }
-
-    /// Sends the decisions logged since the last flush to the `event` webhooks, and asks the
-    /// `post-rollout` ones after a promotion or a rollback. Nothing waits for them.
-    pub(super) fn flush_outbox(
-        &mut self,
-        tel: &mut dyn Telemetry,
-        host: &mut dyn HttpCalls,
-        now_ms: u64,
-    ) {
-        let out = std::mem::take(&mut *self.outbox.borrow_mut());
-        if self.cfg.analysis.webhooks.is_empty() {
-            return;
-        }
-        let dropped = self.hooks.dropped;
-        for o in out {
-            let cfg = &self.cfg;
-            let mut notes = self.hooks.fire(
-                cfg,
-                HookType::Event,
-                |w| hooks::event_payload(cfg, w, o.phase.name(), &o.text, o.warning, now_ms),
-                host,
-                now_ms,
-            );
-            if o.ends {
-                notes.extend(self.hooks.fire(
-                    cfg,
-                    HookType::PostRollout,
-                    |w| hooks::payload(cfg, w.kind, o.phase.name(), &w.metadata),
-                    host,
-                    now_ms,
-                ));
-            }
-            for n in notes {
-                let level = if n.warn { Level::Warn } else { Level::Info };
-                self.log.revision(tel, level, &n.text);
-            }
-        }
-        if self.hooks.dropped > dropped {
-            let line = format!(
-                "{} webhook call(s) dropped: {} already in flight",
-                self.hooks.dropped - dropped,
-                hooks::MAX_FIRE_IN_FLIGHT
-            );
-            self.log.revision(tel, Level::Warn, &line);
-        }
-    }
-
-    /// The answer to a webhook call (`status` `None`: no answer). Rounds are picked up on the
-    /// next tick; failures of fire-and-forget calls are logged here.
-    pub(super) fn on_hook_answer(
-        &mut self,
-        tel: &mut dyn Telemetry,
-        token: u32,
-        status: Option<u32>,
-        body: &[u8],
-        host: &mut dyn HttpCalls,
-        now_ms: u64,
-    ) {
-        if let Some(note) = self
-            .hooks
-            .on_answer(&self.cfg, token, status, body, host, now_ms)
-        {
-            let level = if note.warn { Level::Warn } else { Level::Info };
-            self.log.revision(tel, level, &note.text);
-        }
     }
 
     /// Step 1: true when this context holds the analyser lease after this tick.
@@ -555,67 +373,6 @@ impl Analyser {
         Some(state)
     }
 
-    /// Flagger's `confirm-rollout`: a start (`Started`, `Skipped`) waits, at weight 0 in
-    /// phase Waiting, until every such webhook approves; asked every interval, with the
-    /// `rollback` webhooks (a 2xx fails the revision before it starts). `Some` to write now.
-    pub(super) fn confirm_start(
-        &mut self,
-        tel: &mut dyn Telemetry,
-        host: &mut dyn HttpCalls,
-        next: CanaryState,
-        events: Vec<Event>,
-        now_ms: u64,
-    ) -> Option<(CanaryState, Vec<Event>)> {
-        let starts = events
-            .iter()
-            .any(|e| matches!(e, Event::Started { .. } | Event::Skipped));
-        if !starts || self.start_approved || !self.cfg.analysis.has_hooks(HookType::ConfirmRollout)
-        {
-            return Some((next, events));
-        }
-        // Nothing is written while waiting: the workers route this revision to stable (no
-        // state of it), and the gauges say Waiting.
-        let mut waiting = CanaryState::new(&self.cfg.revision, now_ms);
-        waiting.phase = Phase::Waiting;
-        self.publish_state(tel, &waiting);
-        if let Some(round) = self.hooks.finished() {
-            let (gates, passed) = round.gates(&self.cfg);
-            if let Some(hook) = gates.rollback {
-                let mut failed = waiting.clone();
-                failed.phase = Phase::Failed;
-                return Some((failed, vec![Event::ManualRollback { hook, from: 0 }]));
-            }
-            match round.refused_start(&self.cfg) {
-                Some(hook) => {
-                    if self.awaiting_rollout.starts(true) {
-                        self.count_and_log(tel, &[Event::AwaitingRollout { hook }], Phase::Waiting);
-                    }
-                    self.next_confirm_ms = now_ms + self.cfg.analysis.interval_ms;
-                }
-                None => {
-                    for line in passed {
-                        self.log.revision(tel, Level::Info, &line);
-                    }
-                    self.start_approved = true;
-                    return Some((next, events));
-                }
-            }
-        }
-        if self.hooks.round.is_none() && now_ms >= self.next_confirm_ms {
-            let kinds = [HookType::ConfirmRollout, HookType::Rollback];
-            self.hooks.start(
-                &self.cfg,
-                Purpose::Confirm,
-                &kinds,
-                "Waiting",
-                0,
-                host,
-                now_ms,
-            );
-        }
-        None
-    }
-
     /// `suspend: true` holds the weight and the phase (logged once).
     fn hold_while_suspended(&mut self, tel: &mut dyn Telemetry, state: &CanaryState) -> bool {
         let held = self.cfg.suspend || self.paused;
@@ -628,40 +385,6 @@ impl Analyser {
             self.log.revision(tel, Level::Info, &line);
         }
         held
-    }
-
-    /// The operator's command for this revision not carried out yet by this analyser.
-    pub(super) fn new_command(&mut self, store: &dyn SharedStore) -> Option<Command> {
-        let (bytes, _) = store.get(&self.keys.command).ok().flatten()?;
-        let cmd = Command::decode(&bytes)?;
-        (cmd.revision == self.cfg.revision && cmd.id > self.command_seen).then_some(cmd)
-    }
-
-    /// Carries out an operator's command: pause and resume hold or free the checks (logged);
-    /// the others give the state to write, when they change it.
-    pub(super) fn carry_out(
-        &mut self,
-        tel: &mut dyn Telemetry,
-        cmd: &Command,
-        state: Option<&CanaryState>,
-        now_ms: u64,
-    ) -> Option<(CanaryState, Vec<Event>)> {
-        self.command_seen = cmd.id;
-        let weight = state.map_or(0, |s| s.weight);
-        let phase = state.map_or(Phase::Initializing, |s| s.phase);
-        match cmd.action {
-            Action::Pause | Action::Resume => {
-                self.paused = cmd.action == Action::Pause;
-                let e = Event::Operator {
-                    action: cmd.action,
-                    by: cmd.by.clone(),
-                    from: weight,
-                };
-                self.count_and_log(tel, &[e], phase);
-                None
-            }
-            action => operate(&self.cfg, state, action, &cmd.by, now_ms),
-        }
     }
 
     /// Step 4: reads every worker's slot, reports the sums and the shared-data footprint.
@@ -912,14 +635,6 @@ fn decision_of(e: &Event) -> Option<Decision> {
         },
         Event::PromotionStarted { .. } | Event::Released { .. } => return None,
     })
-}
-
-/// Adds a round's answers to the gates of the check so far.
-fn merge(into: &mut Gates, from: Gates) {
-    into.failed.extend(from.failed);
-    into.traffic_increase = into.traffic_increase.take().or(from.traffic_increase);
-    into.promotion = into.promotion.take().or(from.promotion);
-    into.rollback = into.rollback.take().or(from.rollback);
 }
 
 /// Length of a shared-data value (0 when absent or unreadable).

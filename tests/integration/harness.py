@@ -793,6 +793,19 @@ class LoadGenerator:
         self.stop()
 
 
+def canary_stat(proxy: "Envoy", name: str, default=None, canary: str = "web"):
+    """One of canary-guard's stats of a canary (`canary_guard.<canary>.<name>`)."""
+    return proxy.wasm_stat(f"canary_guard.{canary}.{name}", default)
+
+
+def wait_phase(proxy: "Envoy", phase: int, timeout: float = 30.0, canary: str = "web") -> None:
+    """Waits until the canary's phase gauge shows `phase` (a code of PHASES)."""
+    stat = lambda n: canary_stat(proxy, n, canary=canary)  # noqa: E731
+    proxy.wait_for(lambda: stat("phase") == phase, timeout,
+                   lambda: f"{proxy.name}: phase {PHASES[phase]} (now {PHASES.get(stat('phase'))}, "
+                           f"weight {stat('weight')})")
+
+
 def summarize(results: Iterable[tuple]) -> dict[str, int]:
     """Count results by 'served_by/status', e.g. {'stable/200': 40, 'canary/500': 3}."""
     out: dict[str, int] = {}

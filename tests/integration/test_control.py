@@ -36,8 +36,7 @@ def canary_cfg(**analysis) -> dict:
     return cfg
 
 
-def stat(proxy, name: str, default=None):
-    return proxy.wasm_stat(f"canary_guard.web.{name}", default)
+stat = harness.canary_stat
 
 
 def start(launcher, backends, cfg, control=None, lt=None, name="proxy") -> harness.Proxy:

@@ -32,14 +32,10 @@ def canary_cfg(**analysis) -> dict:
     return fleet_plugin_config(cfg)
 
 
-def stat(proxy, name: str, default=None):
-    return proxy.wasm_stat(f"canary_guard.web.{name}", default)
+stat = harness.canary_stat
 
 
-def wait_phase(proxy, phase: int, timeout: float = 30.0) -> None:
-    proxy.wait_for(lambda: stat(proxy, "phase") == phase, timeout,
-                   lambda: f"{proxy.name}: phase {harness.PHASES[phase]} (now "
-                           f"{harness.PHASES.get(stat(proxy, 'phase'))}, weight {stat(proxy, 'weight')})")
+wait_phase = harness.wait_phase
 
 
 @pytest.fixture

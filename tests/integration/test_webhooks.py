@@ -32,14 +32,10 @@ def canary_cfg(webhooks: list, **analysis) -> dict:
     return cfg
 
 
-def stat(proxy, name: str, default=None):
-    return proxy.wasm_stat(f"canary_guard.web.{name}", default)
+stat = harness.canary_stat
 
 
-def wait_phase(proxy, phase: int, timeout: float = 30.0) -> None:
-    proxy.wait_for(lambda: stat(proxy, "phase") == phase, timeout,
-                   lambda: f"phase {harness.PHASES[phase]} (now {harness.PHASES.get(stat(proxy, 'phase'))}, "
-                           f"weight {stat(proxy, 'weight')})")
+wait_phase = harness.wait_phase
 
 
 @pytest.fixture
@@ -128,12 +124,12 @@ def test_a_failing_load_test_hook_rolls_back_at_the_threshold(launcher, backends
                        "metadata": {"cmd": "hey -z 1m -q 10 http://web-canary/"}}],
                      stepWeights=[10, 20, 30, 40, 50, 60])
     p = proxy_with(launcher, backends, lt, cfg)
-    with harness.LoadGenerator(p.url, rate=40, connections=2):
+    with harness.LoadGenerator(p.url, rate=60, connections=2):
         p.wait_for(lambda: (stat(p, "weight") or 0) >= 20, 15, "weight 20")
         lt.behave("/", status=500)
         wait_phase(p, FAILED, timeout=10)
-    log = p.log_text()
-    assert "rolling back, rollout webhook load-test failed: HTTP 500" in log, log[-3000:]
+    rollback = [l for l in p.log_text().splitlines() if "rolling back" in l]
+    assert len(rollback) == 1 and "rollout webhook load-test failed: HTTP 500" in rollback[0], rollback
     calls = lt.calls_to("/")
     assert calls[0][1]["metadata"] == {"cmd": "hey -z 1m -q 10 http://web-canary/"}
 
