@@ -63,6 +63,13 @@ def test_status_abort_and_the_cli(launcher, backends):
             head, row = table.stdout.splitlines()[:2]
             assert head.split()[:5] == ["NAME", "REVISION", "PHASE", "WEIGHT", "FAILED"], head
             assert row.split()[:3] == ["web", "v2", "Progressing"], row
+            # `watch` redraws the table every interval until stopped.
+            watch = subprocess.Popen([str(CLI), "--endpoint", control_url(p), "watch", "--interval", "200ms"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(1.5)
+            watch.terminate()
+            out, _ = watch.communicate(timeout=10)
+            assert out.count("NAME") >= 4 and "\x1b[2J" in out, out[-500:]
             asked = time.monotonic()
             r = cli(p, "abort", "web")
             assert r.returncode == 0 and "abort accepted" in r.stdout, r.stdout + r.stderr
