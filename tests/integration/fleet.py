@@ -80,13 +80,7 @@ class Etcd:
         raise AssertionError(f"etcd did not become healthy:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        harness.stop_process(self.proc)
 
     # -- the v3 gateway, for tests to look and tamper ------------------------
     def call(self, path: str, body: dict) -> dict:

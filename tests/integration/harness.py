@@ -793,6 +793,17 @@ class LoadGenerator:
         self.stop()
 
 
+def stop_process(proc: "Optional[subprocess.Popen]", timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` (etcd, Prometheus)."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def canary_stat(proxy: "Envoy", name: str, default=None, canary: str = "web"):
     """One of canary-guard's stats of a canary (`canary_guard.<canary>.<name>`)."""
     return proxy.wasm_stat(f"canary_guard.{canary}.{name}", default)

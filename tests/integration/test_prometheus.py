@@ -73,12 +73,7 @@ class Prometheus:
         raise AssertionError(f"prometheus not ready:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        harness.stop_process(self.proc)
 
     def query(self, expr: str, at: float | None = None) -> list:
         params = {"query": expr}
