@@ -252,6 +252,9 @@ def proxy_config(arm: str, backends: harness.Backends, plugin_cfg: dict,
     hcm = harness._hcm(_ingress(cfg))
     if arm == "B":
         return cfg
+    # The other arms have no canary-guard: nor its control endpoint's listener (and VM).
+    cfg["static_resources"]["listeners"] = [l for l in cfg["static_resources"]["listeners"]
+                                            if l["name"] != "canary-guard-control"]
     cfg.pop("bootstrap_extensions", None)
     if arm == "A":
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]

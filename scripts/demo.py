@@ -273,8 +273,8 @@ class Demo:
         self.t0 = time.monotonic()
         self.say(f"  backends admin {self.backends.admin_url}")
         for proxy, share in zip(self.proxies, shares):
-            self.say(f"  {proxy.name}: {proxy.url} (admin {proxy.admin_url}), "
-                     f"~{a.rate * share:.0f} req/s")
+            self.say(f"  {proxy.name}: {proxy.url} (admin {proxy.admin_url}, control "
+                     f"http://127.0.0.1:{proxy.control_port}), ~{a.rate * share:.0f} req/s")
         self.say(f"  traffic: ~{a.rate:g} req/s in all; the canary will fail {a.abort_percent}% "
                  f"of its requests once its weight reaches {a.fault_at_weight}")
         self.say("")

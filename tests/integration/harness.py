@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import copy
 import subprocess
 import threading
 import time
@@ -141,6 +142,8 @@ def render_proxy_config(
     listener_port: int,
     stable_port: int,
     canary_port: int,
+    control_port: Optional[int] = None,
+    control_config: Optional[dict] = None,
     wasm_path: str,
     fail_open: bool = True,
     filter_config_override: Union[None, str, dict] = None,
@@ -182,6 +185,16 @@ def render_proxy_config(
     for name, port in (("web-stable", stable_port), ("web-canary", canary_port)):
         lb = _cluster(cfg, name)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
         _set_port(lb["endpoint"], port)
+
+    # The control endpoint's listener: its own free port, the same VM as the ingress filter.
+    control = next((l for l in cfg["static_resources"]["listeners"]
+                    if l["name"] == "canary-guard-control"), None)
+    if control is not None:
+        _set_port(control, control_port or free_port())
+        cwasm = _http_filter(control, "envoy.filters.http.wasm")["config"]
+        cwasm["vm_config"] = copy.deepcopy(wasm["vm_config"])
+        if control_config is not None:
+            cwasm["configuration"]["value"] = _compact(control_config)
 
     if mode == "leader":
         cfg.pop("bootstrap_extensions", None)
@@ -478,11 +491,14 @@ class Proxy(ListenerTraffic, Envoy):
                  concurrency: int = 2, fail_open: bool = True,
                  filter_config_override: Union[None, str, dict] = None,
                  canary_port: Optional[int] = None, canary_route_timeout: Optional[str] = None,
-                 lds: bool = False, drain_time_s: int = 1):
+                 lds: bool = False, drain_time_s: int = 1, control_config: Optional[dict] = None):
         self.listener_port = free_port()
+        # The shipped control endpoint's listener (loopback), on a port of its own.
+        self.control_port = free_port()
         cfg = render_proxy_config(
             plugin_cfg, mode, admin_port=free_port(), listener_port=self.listener_port,
-            stable_port=backends.stable_port,
+            stable_port=backends.stable_port, control_port=self.control_port,
+            control_config=control_config,
             canary_port=backends.canary_port if canary_port is None else canary_port,
             wasm_path=wasm or wasm_path(), fail_open=fail_open,
             filter_config_override=filter_config_override,

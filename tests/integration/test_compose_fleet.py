@@ -1,7 +1,7 @@
 """docker-compose.fleet.yml (etcd + three replicas in fleet mode), checked without a Docker
 engine, as test_compose.py checks docker-compose.yml: Compose accepts the file; each replica's
 config, rendered by envoy/replica.sh exactly as its entrypoint does, is envoy/envoy-fleet.yaml
-but for its own listener and admin port and passes `envoy --mode validate` with the service's
+but for its own listener, admin and control ports and passes `envoy --mode validate` with the service's
 flags; the images are pinned; the scripts parse; and traffic.py in fleet mode, against a real
 etcd and three local Envoys running the shipped fleet config in the compose start order,
 sees one rollback made once and followed by every replica.
@@ -90,15 +90,18 @@ def test_each_replica_runs_the_shipped_fleet_config_but_for_its_ports(tmp_path, 
         assert r.returncode == 0, r.stderr
         rendered = yaml.safe_load(out.read_text())
         env = env_of(svc)
-        listen, admin = int(env["LISTEN_PORT"]), int(env["ADMIN_PORT"])
+        listen, admin, control = (int(env[k]) for k in ("LISTEN_PORT", "ADMIN_PORT", "CONTROL_PORT"))
         assert rendered["admin"]["address"]["socket_address"]["port_value"] == admin
         ingress = harness._listener(rendered, "ingress")
         assert ingress["address"]["socket_address"]["port_value"] == listen
+        ctl = harness._listener(rendered, "canary-guard-control")
+        assert ctl["address"]["socket_address"]["port_value"] == control
         rendered["admin"]["address"]["socket_address"]["port_value"] = 9901
         ingress["address"]["socket_address"]["port_value"] = 10000
-        assert rendered == shipped, f"{name}: replica.sh changed more than the two ports"
-        assert not seen_ports & {listen, admin}, f"{name}: ports {listen}/{admin} reused"
-        seen_ports |= {listen, admin}
+        ctl["address"]["socket_address"]["port_value"] = 9902
+        assert rendered == shipped, f"{name}: replica.sh changed more than the three ports"
+        assert not seen_ports & {listen, admin, control}, f"{name}: ports {listen}/{admin}/{control} reused"
+        seen_ports |= {listen, admin, control}
         # Envoy accepts the rendered file with the service's flags (module path as in the repo).
         cfg = yaml.safe_load(out.read_text())
         for holder in (harness._http_filter(harness._listener(cfg, "ingress"),
@@ -119,7 +122,7 @@ def test_replica_sh_refuses_a_config_without_the_ports(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("admin: {}\n")
     r = subprocess.run(["sh", str(REPLICA_SH), str(bad), str(tmp_path / "out.yaml")],
-                       env={**os.environ, "LISTEN_PORT": "1", "ADMIN_PORT": "2"},
+                       env={**os.environ, "LISTEN_PORT": "1", "ADMIN_PORT": "2", "CONTROL_PORT": "3"},
                        capture_output=True, text=True)
     assert r.returncode != 0 and "should hold 'port_value: 10000 }' once" in r.stderr
 

@@ -1,6 +1,6 @@
-"""The control endpoint and the `canary-guard` CLI against a real Envoy: a second, loopback
-listener runs canary-guard in the `control` role (tests/integration/control.py) beside the
-routing filter and the analyser singleton."""
+"""The control endpoint and the `canary-guard` CLI against a real Envoy: the listener
+envoy/envoy.yaml ships (loopback, canary-guard in the `control` role in the routing filter's
+VM) beside the routing filter and the analyser singleton."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.integration import harness
-from tests.integration.control import add_control_listener, control_url, get, post
+from tests.integration.control import control_url, get, post
 from tests.integration.loadtester import LoadTester, add_cluster
 
 PROGRESSING, SUCCEEDED, FAILED, WAITING = 1, 3, 4, 5
@@ -40,8 +40,8 @@ stat = harness.canary_stat
 
 
 def start(launcher, backends, cfg, control=None, lt=None, name="proxy") -> harness.Proxy:
-    p = harness.Proxy(launcher.tmp_path, backends, cfg, mode="singleton", name=name)
-    add_control_listener(p, control)
+    p = harness.Proxy(launcher.tmp_path, backends, cfg, mode="singleton", name=name,
+                      control_config=control)
     if lt:
         add_cluster(p, "flagger-loadtester.test", lt.port)
     launcher._track(p)
@@ -156,7 +156,6 @@ def test_fleet_mode_an_abort_on_one_replica_rolls_back_every_replica(launcher, b
         proxies = []
         for i in range(3):
             p = harness.Proxy(launcher.tmp_path, backends, cfg, mode="singleton", name=f"replica-{i}")
-            add_control_listener(p)
             add_etcd_cluster(p, etcd.port, p.name)
             launcher._track(p)
             proxies.append(p.start())
