@@ -164,3 +164,29 @@ def test_dashboard_and_rules_on_a_real_prometheus_through_a_gate_and_a_rollback(
     finally:
         prom.stop()
         lt.stop()
+
+
+def test_the_store_unreachable_alert_condition_holds_when_etcd_is_down(launcher, backends, tmp_path):
+    """Fleet mode, etcd stopped: the proxy falls back to stable and CanaryStoreUnreachable's
+    condition returns that canary (its `for: 1m` is left to Prometheus)."""
+    from tests.integration.fleet import Etcd, add_etcd_cluster, fleet_plugin_config
+    etcd = Etcd(tmp_path).start()
+    cfg = harness.default_plugin_config()
+    cfg.pop("sessionAffinity", None)
+    cfg = fleet_plugin_config(cfg)
+    proxy = harness.Proxy(tmp_path, backends, cfg, mode="singleton", name="replica")
+    add_etcd_cluster(proxy, etcd.port, "replica")
+    launcher._track(proxy)
+    prom = Prometheus(tmp_path, f"127.0.0.1:{proxy.admin_port}").start()
+    proxy.start()
+    try:
+        (alert, expr), = [r for r in rule_exprs() if r[0] == "CanaryStoreUnreachable"]
+        proxy.wait_for(lambda: proxy.wasm_stat("canary_guard.web.fleet.judge") == 1, 15, "judge")
+        assert prom.query(expr) == [], "no alert while etcd answers"
+        etcd.stop()
+        proxy.wait_for(lambda: proxy.wasm_stat("canary_guard.web.fleet.fallback") == 1, 15, "fallback")
+        proxy.wait_for(lambda: prom.query(expr), 20, f"{alert}'s condition in Prometheus")
+        assert [r["metric"]["canary"] for r in prom.query(expr)] == ["web"]
+    finally:
+        prom.stop()
+        etcd.stop()
