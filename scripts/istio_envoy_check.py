@@ -145,9 +145,11 @@ class Envoy:
 
 def base_config() -> dict:
     """envoy/envoy.yaml as an Istio proxy would have it: no singleton, no early header removal,
-    no canary-guard stats tag, no Wasm filter yet."""
+    no canary-guard stats tag, no Wasm filter yet, and no control endpoint listener."""
     cfg = yaml.safe_load(ENVOY_YAML.read_text())
     cfg.pop("bootstrap_extensions", None)
+    cfg["static_resources"]["listeners"] = [l for l in cfg["static_resources"]["listeners"]
+                                            if l["name"] != "canary-guard-control"]
     cfg.pop("stats_config", None)
     hcm = http_connection_manager(cfg)
     hcm.pop("early_header_mutation_extensions", None)
