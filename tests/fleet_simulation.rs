@@ -459,3 +459,39 @@ fn the_judge_asks_the_webhooks_and_every_replica_follows_its_gates() {
         1
     );
 }
+
+#[test]
+fn the_judge_takes_commands_from_etcd_and_from_its_own_endpoint_alike() {
+    use canary_guard::control::{Action, Command};
+    let mut f = Fleet::new(&[2, 2, 2], &fleet_config(&[]));
+    assert!(f.run_until(10_000, |f| f.etcd_state().is_some_and(|s| s.weight >= 5)));
+    let judge = f.judges()[0];
+    // `canary-guard --etcd pause web`: an id from the clock, written straight to etcd.
+    let from_cli = Command {
+        id: 1_900_000_000_000,
+        action: Action::Pause,
+        revision: "v2".into(),
+        by: "cli".into(),
+        at_ms: 0,
+    };
+    f.etcd
+        .put_raw(b"/canary-guard/web/command/v2", &from_cli.encode());
+    assert!(f.run_until(2_000, |f| f.replicas[judge].tel.logged("paused by cli")));
+    // Then the judge's own control endpoint takes its first command (id 1): it still counts.
+    let local = Command {
+        id: 1,
+        action: Action::Resume,
+        revision: "v2".into(),
+        by: "127.0.0.1:1".into(),
+        at_ms: 0,
+    };
+    f.replicas[judge]
+        .store
+        .put("canary-guard/web/command", &local.encode());
+    assert!(
+        f.run_until(2_000, |f| f.replicas[judge]
+            .tel
+            .logged("resumed by 127.0.0.1:1")),
+        "a local command after one from etcd was ignored"
+    );
+}

@@ -30,11 +30,17 @@ impl Analyser {
         let _written = store.set(&self.keys.decisions, &bytes, 0);
     }
 
-    /// The operator's command for this revision not carried out yet by this analyser.
-    pub(super) fn new_command(&mut self, store: &dyn SharedStore) -> Option<Command> {
+    /// The operator's command for this revision taken by this proxy's control endpoint and
+    /// not taken by this analyser yet; marked taken. (Commands the fleet judge reads from etcd
+    /// carry other proxies' ids and do not count here.)
+    pub(super) fn take_command(&mut self, store: &dyn SharedStore) -> Option<Command> {
         let (bytes, _) = store.get(&self.keys.command).ok().flatten()?;
         let cmd = Command::decode(&bytes)?;
-        (cmd.revision == self.cfg.revision && cmd.id > self.command_seen).then_some(cmd)
+        if cmd.revision != self.cfg.revision || cmd.id <= self.command_seen {
+            return None;
+        }
+        self.command_seen = cmd.id;
+        Some(cmd)
     }
 
     /// Carries out an operator's command: pause and resume hold or free the checks (logged);
@@ -46,7 +52,6 @@ impl Analyser {
         state: Option<&CanaryState>,
         now_ms: u64,
     ) -> Option<(CanaryState, Vec<Event>)> {
-        self.command_seen = cmd.id;
         let weight = state.map_or(0, |s| s.weight);
         let phase = state.map_or(Phase::Initializing, |s| s.phase);
         match cmd.action {

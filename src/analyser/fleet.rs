@@ -325,8 +325,7 @@ impl Analyser {
         // An operator's command taken by this proxy's control endpoint goes to etcd, where the
         // judge (this proxy or another) reads it at its next poll and carries it out: one path,
         // and a judge that takes over later still knows the last command (a pause holds).
-        if let Some(cmd) = self.new_command(store) {
-            self.command_seen = cmd.id;
+        if let Some(cmd) = self.take_command(store) {
             let req = etcd::put(&keys.command, &cmd.encode(), None);
             self.send(agent, host, tel, req, Call::ForwardCommand, now_ms);
             agent.next_poll_ms = now_ms;

@@ -78,8 +78,8 @@ pub struct Analyser {
     awaiting_rollout: Once,
     /// Decisions logged since the last flush, for the `event` and `post-rollout` webhooks.
     outbox: RefCell<Vec<Outgoing>>,
-    /// The last operator command this analyser carried out (`control`), and whether the
-    /// latest one paused the checks.
+    /// The id of the last operator command this analyser took from its proxy's shared data
+    /// (`control`), and whether the latest command paused the checks.
     command_seen: u64,
     paused: bool,
     /// Decision lines not yet in the canary's `decisions` record (the control status).
@@ -227,7 +227,7 @@ impl Analyser {
         let Some(loaded) = self.load_state(store) else {
             return;
         };
-        if let Some(cmd) = self.new_command(store) {
+        if let Some(cmd) = self.take_command(store) {
             if let Some((next, events)) = self.carry_out(tel, &cmd, loaded.state.as_ref(), now_ms) {
                 if self.write_state(store, tel, loaded.cas, &next) {
                     self.publish_state(tel, &next);
