@@ -392,7 +392,7 @@ impl Analyser {
                 if self.hold_while_suspended(tel, &state) {
                     return;
                 }
-                if self.hooks.round.is_some() && self.hooks_pending() {
+                if self.hooks_pending() {
                     return; // the check's webhooks are answering; records are read after
                 }
                 let as_of = now_ms.saturating_sub(publish_ms(self.cfg.analysis.interval_ms));
@@ -488,14 +488,7 @@ impl Analyser {
         call: Call,
         now_ms: u64,
     ) {
-        let out = OutCall {
-            cluster: &agent.conf.etcd_cluster,
-            authority: &agent.conf.authority,
-            path: req.path,
-            body: &req.body,
-            timeout_ms: agent.conf.timeout_ms,
-        };
-        match host.post(&out) {
+        match host.post(&etcd_call(&agent.conf, &req)) {
             Ok(token) => agent.pending.push(Pending {
                 token,
                 call,
@@ -524,14 +517,7 @@ impl Analyser {
         agent.holder = None;
         agent.clock_started = false;
         let req = etcd::lease_revoke(lease);
-        let out = OutCall {
-            cluster: &agent.conf.etcd_cluster,
-            authority: &agent.conf.authority,
-            path: req.path,
-            body: &req.body,
-            timeout_ms: agent.conf.timeout_ms,
-        };
-        let sent = host.post(&out).is_ok();
+        let sent = host.post(&etcd_call(&agent.conf, &req)).is_ok();
         tel.gauge(&self.cfg.name, Stat::FleetJudge, 0);
         let line = format!(
             "left the fleet: etcd lease {}{} ({})",
@@ -1090,6 +1076,17 @@ impl Analyser {
             let _written = self.write_state(store, tel, cas, s);
         }
         self.publish_state(tel, s);
+    }
+}
+
+/// A request to the fleet's etcd cluster, bounded by `fleet.timeout`.
+fn etcd_call<'a>(conf: &'a config::Fleet, req: &'a Request) -> OutCall<'a> {
+    OutCall {
+        cluster: &conf.etcd_cluster,
+        authority: &conf.authority,
+        path: req.path,
+        body: &req.body,
+        timeout_ms: conf.timeout_ms,
     }
 }
 

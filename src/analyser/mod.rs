@@ -86,6 +86,8 @@ pub struct Analyser {
     decided: RefCell<Vec<String>>,
     /// Fleet mode: an operator's command read from etcd, for the judge to carry out.
     pending_fleet_command: Option<Command>,
+    /// This revision's `revision_info` gauge name (published with the state).
+    revision_info: String,
 }
 
 /// A check's webhook rounds so far: the gates they gave, and which rounds are done.
@@ -122,6 +124,7 @@ impl Analyser {
             fleet: cfg.fleet.clone().map(|f| Box::new(fleet::Agent::new(f))),
             keys: Keys::new(&cfg.name),
             log: CanaryLog::new(&cfg),
+            revision_info: revision_info_name(&cfg.name, &cfg.revision),
             cfg,
             token,
             kind,
@@ -536,7 +539,7 @@ impl Analyser {
 
     fn publish_state(&self, tel: &mut dyn Telemetry, s: &CanaryState) {
         let name = &self.cfg.name;
-        tel.gauge_named(&revision_info_name(name, &self.cfg.revision), 1);
+        tel.gauge_named(&self.revision_info, 1);
         tel.gauge(name, Stat::Weight, u64::from(s.weight));
         tel.gauge(name, Stat::Phase, s.phase as u64);
         tel.gauge(name, Stat::FailedChecks, u64::from(s.failed_checks));

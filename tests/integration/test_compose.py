@@ -275,6 +275,29 @@ def test_traffic_settings_fit_the_shipped_analysis():
         f"or the canary is promoted before the fault")
 
 
+def run_traffic_first(env: dict, ready: Path, out_path: Path, proxies: list) -> tuple[int, str]:
+    """envoy/traffic.py in the compose start order: it sends first (refused connections), then
+    the proxies start; its exit code and output once it is done."""
+    with open(out_path, "w") as out:
+        traffic = subprocess.Popen([sys.executable, str(harness.REPO / "envoy" / "traffic.py")],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 10
+            while not ready.exists():
+                assert traffic.poll() is None and time.monotonic() < deadline, \
+                    f"traffic.py did not start sending:\n{out_path.read_text()}"
+                time.sleep(0.05)
+            time.sleep(0.5)  # requests are flowing (refused) before the proxies start
+            for p in proxies:
+                p.start()
+            rc = traffic.wait(timeout=float(env["MAX_SECONDS"]) + 30)
+        finally:
+            if traffic.poll() is None:
+                traffic.kill()
+                traffic.wait()
+    return rc, out_path.read_text()
+
+
 def test_traffic_script_drives_the_shipped_config_to_a_rollback(launcher, tmp_path):
     """The compose scenario in the compose order (traffic, backends, proxy) with local Envoys:
     harness.py renders envoy/backends.yaml and envoy/envoy.yaml (only ports and paths changed,
@@ -289,23 +312,7 @@ def test_traffic_script_drives_the_shipped_config_to_a_rollback(launcher, tmp_pa
            "PROXY": f"127.0.0.1:{proxy.listener_port}",
            "PROXY_ADMIN": f"127.0.0.1:{proxy.admin_port}",
            "BACKENDS_ADMIN": f"127.0.0.1:{backends.admin_port}"}
-    with open(out_path, "w") as out:
-        traffic = subprocess.Popen([sys.executable, str(harness.REPO / "envoy" / "traffic.py")],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 10
-            while not ready.exists():
-                assert traffic.poll() is None and time.monotonic() < deadline, \
-                    f"traffic.py did not start sending:\n{out_path.read_text()}"
-                time.sleep(0.05)
-            time.sleep(0.5)  # requests are flowing (refused) before the proxy starts
-            proxy.start()
-            rc = traffic.wait(timeout=float(env["MAX_SECONDS"]) + 30)
-        finally:
-            if traffic.poll() is None:
-                traffic.kill()
-                traffic.wait()
-    text = out_path.read_text()
+    rc, text = run_traffic_first(env, ready, out_path, [proxy])
     assert rc == 0 and "result: rollback as expected" in text, f"traffic.py exit {rc}:\n{text}"
     log = proxy.log_text()
     rollback = [l for l in log.splitlines() if "rolling back" in l]

@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -22,7 +21,7 @@ import yaml
 from tests.integration import harness
 from tests.integration.fleet import Etcd, add_etcd_cluster
 from tests.integration.test_compose import (_argv, _container_path, bind_mounts, compose_command,
-                                            config_arg, host_path, load_compose)
+                                            config_arg, host_path, load_compose, run_traffic_first)
 
 COMPOSE_FILE = harness.REPO / "docker-compose.fleet.yml"
 FLEET_YAML = harness.REPO / "envoy" / "envoy-fleet.yaml"
@@ -174,24 +173,7 @@ def test_fleet_traffic_drives_three_replicas_to_one_rollback(launcher, tmp_path)
                "PROXY": ",".join(f"127.0.0.1:{p.listener_port}" for p in proxies),
                "PROXY_ADMIN": ",".join(f"127.0.0.1:{p.admin_port}" for p in proxies),
                "BACKENDS_ADMIN": f"127.0.0.1:{backends.admin_port}"}
-        out_path = tmp_path / "traffic.out"
-        with open(out_path, "w") as out:
-            traffic = subprocess.Popen([sys.executable, str(harness.REPO / "envoy" / "traffic.py")],
-                                       env=env, stdout=out, stderr=subprocess.STDOUT)
-            try:
-                deadline = time.monotonic() + 10
-                while not (tmp_path / "traffic-sending").exists():
-                    assert traffic.poll() is None and time.monotonic() < deadline, out_path.read_text()
-                    time.sleep(0.05)
-                time.sleep(0.5)
-                for p in proxies:
-                    p.start()
-                rc = traffic.wait(timeout=float(env["MAX_SECONDS"]) + 30)
-            finally:
-                if traffic.poll() is None:
-                    traffic.kill()
-                    traffic.wait()
-        text = out_path.read_text()
+        rc, text = run_traffic_first(env, tmp_path / "traffic-sending", tmp_path / "traffic.out", proxies)
         assert rc == 0 and "result: rollback as expected" in text, f"traffic.py exit {rc}:\n{text}"
         assert "fleet: 1 judge, 1 rollback in all" in text, text
         logs = [p.log_text() for p in proxies]
