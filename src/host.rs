@@ -272,13 +272,32 @@ pub trait Telemetry {
     fn define_all(&mut self, _canary: &str) {}
     /// A gauge whose name is made at run time (`canary_guard.<name>.revision_info.<rev>`).
     fn gauge_named(&mut self, _name: &str, _value: u64) {}
+    /// A counter whose name is made at run time (`canary_guard.<name>.revision.<rev>.<stat>`).
+    fn count_named(&mut self, _name: &str, _delta: u64) {}
 }
 
 /// The name of a canary's revision info gauge: 1 while that revision is the one analysed (the
 /// `revision` stats_tag makes it `canary_guard_revision_info{canary, revision}`, the label a
 /// dashboard joins the request counters with). The revision is kept to `[A-Za-z0-9_.-]`.
 pub fn revision_info_name(canary: &str, revision: &str) -> String {
-    let rev: String = revision
+    format!(
+        "canary_guard.{canary}.revision_info.{}",
+        stat_safe(revision)
+    )
+}
+
+/// A per-revision stat's name, `canary_guard.<canary>.revision.<rev>.<suffix>` (the `revision`
+/// stats_tag takes `<rev>` out as a label).
+pub fn revision_stat_name(canary: &str, revision: &str, suffix: &str) -> String {
+    format!(
+        "canary_guard.{canary}.revision.{}.{suffix}",
+        stat_safe(revision)
+    )
+}
+
+/// A revision kept to `[A-Za-z0-9_.-]` for a stat name.
+fn stat_safe(revision: &str) -> String {
+    revision
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "_.-".contains(c) {
@@ -287,8 +306,7 @@ pub fn revision_info_name(canary: &str, revision: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("canary_guard.{canary}.revision_info.{rev}")
+        .collect()
 }
 
 /// One call out of the proxy: POST `path` with a JSON `body` to an Envoy cluster.

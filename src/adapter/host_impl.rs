@@ -45,6 +45,16 @@ impl HostTelemetry {
         self.ids.insert((canary.to_string(), stat), id);
         id
     }
+
+    /// A stat named at run time (per revision), defined on first use.
+    fn named_id(&mut self, kind: u32, name: &str) -> Option<u32> {
+        if let Some(id) = self.named.get(name) {
+            return *id;
+        }
+        let id = ffi::define_metric(kind, name);
+        self.named.insert(name.to_string(), id);
+        id
+    }
 }
 
 impl Telemetry for HostTelemetry {
@@ -77,16 +87,14 @@ impl Telemetry for HostTelemetry {
     }
 
     fn gauge_named(&mut self, name: &str, value: u64) {
-        let id = match self.named.get(name) {
-            Some(id) => *id,
-            None => {
-                let id = ffi::define_metric(ffi::GAUGE, name);
-                self.named.insert(name.to_string(), id);
-                id
-            }
-        };
-        if let Some(id) = id {
+        if let Some(id) = self.named_id(ffi::GAUGE, name) {
             ffi::record_metric(id, value);
+        }
+    }
+
+    fn count_named(&mut self, name: &str, delta: u64) {
+        if let Some(id) = self.named_id(ffi::COUNTER, name) {
+            ffi::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
         }
     }
 }

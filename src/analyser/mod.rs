@@ -17,6 +17,7 @@ mod fleet;
 mod gates;
 pub mod hooks;
 mod log;
+mod revision_counters;
 mod singleton;
 
 pub use singleton::Singleton;
@@ -38,6 +39,7 @@ use crate::store::slots::read_all;
 use crate::store::Keys;
 use crate::tally::{SlotRecord, Tally, Totals};
 use log::{CanaryLog, Once};
+use revision_counters::RevisionCounters;
 use std::cell::RefCell;
 
 /// A leader that stops renewing (its worker went away) is replaced after this long.
@@ -88,6 +90,8 @@ pub struct Analyser {
     pending_fleet_command: Option<Command>,
     /// This revision's `revision_info` gauge name (published with the state).
     revision_info: String,
+    /// This revision's request and 5xx counters (`report`).
+    revision_counters: RevisionCounters,
 }
 
 /// A check's webhook rounds so far: the gates they gave, and which rounds are done.
@@ -125,6 +129,7 @@ impl Analyser {
             keys: Keys::new(&cfg.name),
             log: CanaryLog::new(&cfg),
             revision_info: revision_info_name(&cfg.name, &cfg.revision),
+            revision_counters: RevisionCounters::new(&cfg.name, &cfg.revision),
             cfg,
             token,
             kind,
@@ -410,6 +415,7 @@ impl Analyser {
         tel.gauge(name, Stat::TalliedStable5xx, totals.stable_errors);
         tel.gauge(name, Stat::TalliedCanaryRequests, totals.canary_requests);
         tel.gauge(name, Stat::TalliedCanary5xx, totals.canary_errors);
+        self.revision_counters.report(tel, &totals);
         let shared = slot_bytes
             + state_bytes
             + value_len(store, &self.keys.lease)

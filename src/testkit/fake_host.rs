@@ -73,6 +73,9 @@ impl Telemetry for FakeTelemetry {
     fn gauge_named(&mut self, name: &str, value: u64) {
         self.gauges.insert(name.to_string(), value);
     }
+    fn count_named(&mut self, name: &str, delta: u64) {
+        *self.counters.entry(name.to_string()).or_default() += delta;
+    }
 }
 
 impl FakeTelemetry {

@@ -521,15 +521,17 @@ def test_istios_bootstrap_keeps_canary_guard_stats_without_a_stats_matcher():
 
 
 def envoy_tag(name: str, tags: list[dict]) -> tuple[str, dict]:
-    """Envoy's tag extraction: for each stats_tags regex that matches, the second group is the
-    tag value and the first group is cut from the name. Returns the Prometheus name (the custom
-    namespace dropped, dots to underscores) and the labels."""
-    labels = {}
+    """Envoy's tag extraction: each stats_tags regex is matched against the whole name; where it
+    matches, the second group is the tag value and the first group is cut from the name (the cuts
+    made together at the end, as Envoy's TagProducerImpl does). Returns the Prometheus name (the
+    custom namespace dropped, dots to underscores) and the labels."""
+    labels, cuts = {}, []
     for t in tags:
         m = re.search(t["regex"], name)
         if m:
             labels[t["tag_name"]] = m.group(2)
-            name = name[:m.start(1)] + name[m.end(1):]
+            cuts.append((m.start(1), m.end(1)))
+    name = "".join(c for i, c in enumerate(name) if not any(a <= i < b for a, b in cuts))
     name = name.removeprefix("wasmcustom.")
     return re.sub(r"[^a-zA-Z0-9_]", "_", name), labels
 
@@ -547,6 +549,12 @@ def test_stats_tag_gives_the_canary_label():
         assert envoy_tag("wasmcustom.canary_guard.web.weight", tags) == ("canary_guard_weight", {"canary": "web"})
         assert envoy_tag("wasmcustom.canary_guard.checkout-v2.failed_checks", tags) == \
             ("canary_guard_failed_checks", {"canary": "checkout-v2"})
+        assert envoy_tag("wasmcustom.canary_guard.web.revision_info.v2.1", tags) == \
+            ("canary_guard_revision_info", {"canary": "web", "revision": "v2.1"})
+        assert envoy_tag("wasmcustom.canary_guard.web.revision.v2.1.canary_5xx", tags) == \
+            ("canary_guard_revision_canary_5xx", {"canary": "web", "revision": "v2.1"})
+        assert envoy_tag("wasmcustom.canary_guard.web.decisions.rollback", tags) == \
+            ("canary_guard_decisions", {"canary": "web", "decision": "rollback"})
     # Without it (Istio's own bootstrap has no such tag) the name carries the canary.
     assert envoy_tag("wasmcustom.canary_guard.web.weight", []) == ("canary_guard_web_weight", {})
 

@@ -140,6 +140,18 @@ def test_dashboard_and_rules_on_a_real_prometheus_through_a_gate_and_a_rollback(
             proxy.wait_for(lambda: stat("phase") == FAILED, 20, "rolled back")
             time.sleep(3)
         backends.set_canary_fault()
+        # The revision's own counters: every canary request is the revision's (none is routed
+        # before its analysis starts), equal to the workers' counters once the load is over;
+        # stable requests count from the revision's first report (those served before it, at
+        # the proxy's start, are not the revision's).
+        revision = cfg["revision"]
+        by_revision = lambda side, kind: proxy.wasm_stat(  # noqa: E731
+            f"canary_guard.web.revision.{revision}.{side}_{kind}")
+        for kind in ["requests", "5xx"]:
+            proxy.wait_for(lambda: by_revision("canary", kind) == stat(f"canary_{kind}"), 5,
+                           f"revision {revision}'s canary_{kind} equal to the workers' counter")
+        assert by_revision("canary", "5xx") > 0, "the rollback's errors are the revision's"
+        assert 0 < by_revision("stable", "requests") <= stat("stable_requests")
         # Scraped after the rollback, with the rule evaluated.
         deadline = time.monotonic() + 20
         while "CanaryRolledBack" not in prom.firing():
@@ -158,6 +170,8 @@ def test_dashboard_and_rules_on_a_real_prometheus_through_a_gate_and_a_rollback(
                 assert prom.query(part, at=waiting_at), f"{alert}: {part} has no data"
         stuck = prom.query(rule_exprs()[1][1], at=waiting_at)
         assert [r["metric"]["phase"] for r in stuck] == ["WaitingPromotion"], stuck
+        labelled = prom.query('canary_guard_revision_canary_requests{canary="web"}', at=now)
+        assert [r["metric"]["revision"] for r in labelled] == [revision], labelled
         decisions = {r["metric"]["decision"]: float(r["value"][1])
                      for r in prom.query('canary_guard_decisions{canary="web"}', at=now)}
         assert decisions["rollback"] == 1 and decisions["wait"] == 1 and decisions["advance"] >= 1, decisions
