@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 pub const MAX_BODY: usize = 4096;
 /// Decisions kept per canary for the status (`decisions` in shared data).
 pub const DECISIONS_KEPT: usize = 10;
+/// Longest decision text kept (a longer one is cut).
+pub const DECISION_TEXT_MAX: usize = 2048;
 const COMMAND_VERSION: u64 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,7 +267,7 @@ pub fn status_of(store: &dyn SharedStore, name: &str) -> Value {
         .get(&keys.decisions)
         .ok()
         .flatten()
-        .and_then(|(b, _)| serde_json::from_slice::<Vec<Value>>(&b).ok())
+        .and_then(|(b, _)| decode_decisions(&b))
         .unwrap_or_default();
     let command = store
         .get(&keys.command)
@@ -286,6 +288,23 @@ pub fn status_of(store: &dyn SharedStore, name: &str) -> Value {
         "lastDecision": decisions.last().cloned(),
         "decisions": decisions,
     })
+}
+
+/// A canary's last decisions as written by its analyser (or copied from the fleet judge's in
+/// etcd): at most `DECISIONS_KEPT` objects `{"atMs": <ms>, "text": "<line>"}`, nothing else;
+/// `None` for anything that does not validate.
+pub fn decode_decisions(bytes: &[u8]) -> Option<Vec<Value>> {
+    let list: Vec<Value> = serde_json::from_slice(bytes).ok()?;
+    let valid = |d: &Value| {
+        d.as_object().is_some_and(|o| {
+            o.len() == 2
+                && o.get("atMs").is_some_and(Value::is_u64)
+                && o.get("text")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.len() <= DECISION_TEXT_MAX)
+        })
+    };
+    (list.len() <= DECISIONS_KEPT && list.iter().all(valid)).then_some(list)
 }
 
 /// Answers one request; an accepted action is written as the canary's command.
@@ -409,6 +428,36 @@ mod tests {
     use crate::state::Phase;
     use crate::testkit::fake_host::FakeStore;
     use crate::testkit::EXAMPLE;
+
+    #[test]
+    fn decisions_validate_as_shared_data_does() {
+        let ok = br#"[{"atMs": 5, "text": "advance weight 0 -> 10"}]"#;
+        assert_eq!(decode_decisions(ok).map(|l| l.len()), Some(1));
+        assert_eq!(decode_decisions(b"[]").map(|l| l.len()), Some(0));
+        for bad in [
+            &br#"{"atMs": 5}"#[..],
+            br#"[{"atMs": -1, "text": "x"}]"#,
+            br#"[{"atMs": 5, "text": 7}]"#,
+            br#"[{"atMs": 5, "text": "x", "by": "mallory"}]"#,
+            b"not json",
+        ] {
+            assert!(
+                decode_decisions(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!(
+            r#"[{{"atMs": 5, "text": "{}"}}]"#,
+            "x".repeat(DECISION_TEXT_MAX + 1)
+        );
+        assert!(decode_decisions(long.as_bytes()).is_none());
+        let many = format!(
+            "[{}]",
+            [r#"{"atMs": 5, "text": "x"}"#; DECISIONS_KEPT + 1].join(",")
+        );
+        assert!(decode_decisions(many.as_bytes()).is_none());
+    }
 
     fn store_with_canary(phase: Phase) -> FakeStore {
         let store = FakeStore::default();

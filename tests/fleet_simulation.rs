@@ -495,3 +495,46 @@ fn the_judge_takes_commands_from_etcd_and_from_its_own_endpoint_alike() {
         "a local command after one from etcd was ignored"
     );
 }
+
+#[test]
+fn every_follower_shows_the_judges_decisions_and_refuses_forged_ones() {
+    use canary_guard::control::decode_decisions;
+    let mut f = Fleet::new(&[2, 2, 2], &fleet_config(&[]));
+    assert!(f.run_until(10_000, |f| f.etcd_state().is_some_and(|s| s.weight >= 10)));
+    let judge = f.judges()[0];
+    let decisions = |r: &Sim| {
+        r.store
+            .raw("canary-guard/web/decisions")
+            .and_then(|b| decode_decisions(&b))
+            .unwrap_or_default()
+    };
+    assert!(
+        f.run_until(2_000, |f| f
+            .replicas
+            .iter()
+            .all(|r| decisions(r) == decisions(&f.replicas[judge]))),
+        "a follower's decisions differ from the judge's"
+    );
+    let texts: Vec<String> = decisions(&f.replicas[judge])
+        .iter()
+        .map(|d| d["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.contains("advance weight")),
+        "{texts:?}"
+    );
+    // Something not written by a judge (not the versioned shape) is not copied.
+    let follower = (0..3).find(|i| *i != judge).unwrap();
+    let before = f.replicas[follower].store.raw("canary-guard/web/decisions");
+    f.etcd.put_raw(
+        b"/canary-guard/web/decisions/v2",
+        br#"[{"atMs": 1, "text": "promoted by mallory", "extra": true}]"#,
+    );
+    assert!(f.run_until(2_000, |f| f.replicas[follower]
+        .tel
+        .logged("ignored the judge's decisions in etcd")));
+    assert_eq!(
+        f.replicas[follower].store.raw("canary-guard/web/decisions"),
+        before
+    );
+}

@@ -3,31 +3,38 @@
 //! the state), and keeps the last decisions in shared data for the control endpoint's status.
 
 use super::Analyser;
-use crate::control::{Action, Command};
+use crate::control::{decode_decisions, Action, Command, DECISION_TEXT_MAX};
 use crate::host::{SharedStore, Telemetry};
 use crate::state::{CanaryState, Phase};
 use crate::state_machine::{operate, Event};
 
 impl Analyser {
-    /// Keeps the last decisions in shared data, for the control endpoint's status.
-    pub(super) fn record_decisions(&self, store: &dyn SharedStore, now_ms: u64) {
+    /// Keeps the last decisions in shared data, for the control endpoint's status; the list
+    /// written when there were new ones.
+    pub(super) fn record_decisions(&self, store: &dyn SharedStore, now_ms: u64) -> Option<Vec<u8>> {
         let new = std::mem::take(&mut *self.decided.borrow_mut());
         if new.is_empty() {
-            return;
+            return None;
         }
         let mut list: Vec<serde_json::Value> = store
             .get(&self.keys.decisions)
             .ok()
             .flatten()
-            .and_then(|(b, _)| serde_json::from_slice(&b).ok())
+            .and_then(|(b, _)| decode_decisions(&b))
             .unwrap_or_default();
-        for text in new {
+        for mut text in new {
+            let mut end = text.len().min(DECISION_TEXT_MAX);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
             list.push(serde_json::json!({"atMs": now_ms, "text": text}));
         }
         let keep = list.len().saturating_sub(crate::control::DECISIONS_KEPT);
         list.drain(..keep);
         let bytes = serde_json::Value::Array(list).to_string().into_bytes();
         let _written = store.set(&self.keys.decisions, &bytes, 0);
+        Some(bytes)
     }
 
     /// The operator's command for this revision taken by this proxy's control endpoint and

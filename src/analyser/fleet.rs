@@ -15,7 +15,7 @@
 
 use super::{Analyser, Loaded};
 use crate::config::{self, Config, RestartPolicy};
-use crate::control::Command;
+use crate::control::{decode_decisions, Command};
 use crate::fleet::etcd::{self, EtcdError, Kv, Request};
 use crate::fleet::record::{merge_slots, ReplicaRecord};
 use crate::fleet::{escape, poll_ms, publish_ms, replica_id, stale_states, FleetKeys, STATES_KEPT};
@@ -56,6 +56,8 @@ enum Call {
     },
     /// An operator's command taken here, sent on to the judge.
     ForwardCommand,
+    /// The judge's last decisions, for the followers' control status.
+    ShareDecisions,
     /// The state keys of every revision, after this judge created its revision's.
     ListStates,
     DeleteStates(usize),
@@ -72,6 +74,7 @@ impl Call {
             Call::Records => "tally read",
             Call::Write { .. } => "state write",
             Call::ForwardCommand => "command forward",
+            Call::ShareDecisions => "decisions write",
             Call::ListStates => "state key listing",
             Call::DeleteStates(_) => "old state clean-up",
         }
@@ -129,6 +132,8 @@ pub struct Agent {
     clock_started: bool,
     /// The mod revision of the last operator command read from etcd.
     command_mod: i64,
+    /// The mod revision of the judge's decisions last copied to this proxy's shared data.
+    decisions_mod: i64,
 }
 
 impl Agent {
@@ -159,6 +164,7 @@ impl Agent {
             replicas: BTreeSet::new(),
             clock_started: false,
             command_mod: 0,
+            decisions_mod: 0,
         }
     }
 
@@ -596,7 +602,29 @@ impl Analyser {
         }
         self.fleet = Some(agent);
         self.flush_outbox(tel, host, now_ms);
-        self.record_decisions(store, now_ms);
+        self.record_and_share_decisions(store, tel, host, now_ms);
+    }
+
+    /// Keeps the new decisions in this proxy's shared data and, on the judge, in etcd, where
+    /// every follower copies them to its own (so any replica's control status shows them).
+    pub(super) fn record_and_share_decisions(
+        &mut self,
+        store: &dyn SharedStore,
+        tel: &mut dyn Telemetry,
+        host: &mut dyn HttpCalls,
+        now_ms: u64,
+    ) {
+        let Some(bytes) = self.record_decisions(store, now_ms) else {
+            return;
+        };
+        let Some(mut agent) = self.fleet.take() else {
+            return;
+        };
+        if let (Some(keys), Some(_)) = (agent.keys.clone(), agent.judge) {
+            let req = etcd::put(&keys.decisions, &bytes, None);
+            self.send(&mut agent, host, tel, req, Call::ShareDecisions, now_ms);
+        }
+        self.fleet = Some(agent);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -655,7 +683,7 @@ impl Analyser {
                 let range = etcd::parse_range(status, body)?;
                 self.on_records(agent, &range.kvs, tel, host, now_ms)?;
             }
-            Call::ForwardCommand => {
+            Call::ForwardCommand | Call::ShareDecisions => {
                 etcd::parse_put(status, body)?;
             }
             Call::ListStates => {
@@ -665,7 +693,9 @@ impl Analyser {
                 };
                 let stale = stale_states(&range.kvs, &keys.state, STATES_KEPT);
                 if !stale.is_empty() {
-                    let req = etcd::delete_unchanged(&stale);
+                    let siblings: Vec<Vec<u8>> =
+                        stale.iter().flat_map(|(k, _)| keys.siblings(k)).collect();
+                    let req = etcd::delete_unchanged(&stale, &siblings);
                     self.send(
                         agent,
                         host,
@@ -680,7 +710,7 @@ impl Analyser {
                 let txn = etcd::parse_txn(status, body)?;
                 if txn.succeeded {
                     let line = format!(
-                        "deleted the fleet state of {n} old revision(s) (a canary keeps its last {STATES_KEPT})"
+                        "deleted the fleet state, last command and decisions of {n} old revision(s) (a canary keeps its last {STATES_KEPT})"
                     );
                     self.log.revision(tel, Level::Info, &line);
                 }
@@ -785,6 +815,20 @@ impl Analyser {
                         Level::Warn,
                         "ignored an operator command in etcd that does not validate",
                     ),
+                }
+            }
+        }
+        if let Some(kv) = kvs.iter().find(|kv| kv.key == keys.decisions) {
+            if agent.judge.is_none() && kv.mod_revision > agent.decisions_mod {
+                agent.decisions_mod = kv.mod_revision;
+                if decode_decisions(&kv.value).is_some() {
+                    let _copied = store.set(&self.keys.decisions, &kv.value, 0);
+                } else {
+                    self.log.revision(
+                        tel,
+                        Level::Warn,
+                        "ignored the judge's decisions in etcd: they do not validate",
+                    );
                 }
             }
         }
@@ -1093,7 +1137,7 @@ fn etcd_call<'a>(conf: &'a config::Fleet, req: &'a Request) -> OutCall<'a> {
 /// One txn that reads the state, the judge key and the operator's command (no compare: its
 /// success branch runs).
 fn poll(keys: &FleetKeys) -> Request {
-    etcd::read_keys(&[&keys.state, &keys.judge, &keys.command])
+    etcd::read_keys(&[&keys.state, &keys.judge, &keys.command, &keys.decisions])
 }
 
 /// This process's replica id, made once and kept in shared data.

@@ -215,7 +215,7 @@ impl Analyser {
             }
             self.hooks.expire(&self.cfg, now_ms);
             self.flush_outbox(tel, host, now_ms);
-            self.record_decisions(store, now_ms);
+            self.record_and_share_decisions(store, tel, host, now_ms);
             return;
         }
         self.hooks.expire(&self.cfg, now_ms);

@@ -50,8 +50,9 @@ pub fn range_prefix_keys(prefix: &[u8]) -> Request {
 }
 
 /// Deletes each key only while it is at the mod revision given (unchanged since it was
-/// read): one txn, so a key written meanwhile (a revision in use again) keeps all of them.
-pub fn delete_unchanged(keys: &[(Vec<u8>, i64)]) -> Request {
+/// read), and with them the keys in `also`: one txn, so a key written meanwhile (a revision in
+/// use again) keeps all of them.
+pub fn delete_unchanged(keys: &[(Vec<u8>, i64)], also: &[Vec<u8>]) -> Request {
     let compare: Vec<Value> = keys
         .iter()
         .map(|(k, m)| {
@@ -61,7 +62,9 @@ pub fn delete_unchanged(keys: &[(Vec<u8>, i64)]) -> Request {
         .collect();
     let success: Vec<Value> = keys
         .iter()
-        .map(|(k, _)| json!({"request_delete_range": {"key": base64::encode(k)}}))
+        .map(|(k, _)| k)
+        .chain(also)
+        .map(|k| json!({"request_delete_range": {"key": base64::encode(k)}}))
         .collect();
     request(
         "/v3/kv/txn",

@@ -27,6 +27,10 @@ pub struct FleetKeys {
     /// An operator's last command for this revision, sent on by the replica that took it
     /// (`control`), for the judge to carry out.
     pub command: Vec<u8>,
+    /// The judge's last decisions for this revision (the followers' control status).
+    pub decisions: Vec<u8>,
+    /// `<prefix>/<canary>/`: what the keys of another revision are made from.
+    canary: String,
 }
 
 impl FleetKeys {
@@ -41,7 +45,21 @@ impl FleetKeys {
             replicas: replicas.into_bytes(),
             states: states.into_bytes(),
             command: format!("{prefix}/{canary}/command/{rev}").into_bytes(),
+            decisions: format!("{prefix}/{canary}/decisions/{rev}").into_bytes(),
+            canary: format!("{prefix}/{canary}/"),
         }
+    }
+
+    /// The keys that go with another revision's state key (its last command and decisions),
+    /// deleted with it; nothing for a key that is not a state key of this canary.
+    pub fn siblings(&self, state_key: &[u8]) -> Vec<Vec<u8>> {
+        let Some(rev) = state_key.strip_prefix(self.states.as_slice()) else {
+            return Vec::new();
+        };
+        ["command/", "decisions/"]
+            .iter()
+            .map(|kind| [self.canary.as_bytes(), kind.as_bytes(), rev].concat())
+            .collect()
     }
 }
 
@@ -125,6 +143,21 @@ mod tests {
         let nested = FleetKeys::new("/cg", "web", "v2/x", "r");
         assert_eq!(nested.replicas, b"/cg/web/replicas/v2%2Fx/");
         assert!(!nested.replica.starts_with(&k.replicas));
+        assert_eq!(k.command, b"/cg/web/command/v2");
+        assert_eq!(k.decisions, b"/cg/web/decisions/v2");
+    }
+
+    #[test]
+    fn an_old_revisions_command_and_decisions_go_with_its_state() {
+        let k = FleetKeys::new("/cg", "web", "v9", "r");
+        assert_eq!(
+            k.siblings(b"/cg/web/state/v2%2Fx"),
+            vec![
+                b"/cg/web/command/v2%2Fx".to_vec(),
+                b"/cg/web/decisions/v2%2Fx".to_vec()
+            ]
+        );
+        assert!(k.siblings(b"/cg/api/state/v2").is_empty());
     }
 
     #[test]

@@ -184,6 +184,13 @@ def test_fleet_mode_an_abort_on_one_replica_rolls_back_every_replica(launcher, b
             for l in loads:
                 l.stop()
         assert f"rolling back, aborted by 127.0.0.1:" in judge.log_text()
+        # Every replica's own endpoint shows the judge's decisions (copied from etcd).
+        for p in proxies:
+            last = lambda p=p: (get(p, "/canaries/web").json().get("lastDecision") or {}).get("text", "")  # noqa: E731
+            p.wait_for(lambda: "rolling back, aborted by 127.0.0.1:" in last(), 5,
+                       lambda: f"{p.name}'s status shows the rollback: {last()!r}")
+            decisions = [d["text"] for d in get(p, "/canaries/web").json()["decisions"]]
+            assert any("advance weight" in d for d in decisions), decisions
         refused = subprocess.run([str(CLI), "--etcd", etcd.url, "promote", "web"], capture_output=True,
                                  text=True, timeout=30)
         assert refused.returncode == 1 and "is Failed" in refused.stderr, refused.stderr

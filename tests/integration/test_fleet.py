@@ -82,6 +82,8 @@ def test_uneven_load_promotes_on_every_replica(launcher, backends, etcd):
     old = [f"v0-{i}" for i in range(10)]
     for rev in old:
         etcd.put(f"/canary-guard/web/state/{rev}", state_record(rev, FAILED, 0, 1, 1))
+        etcd.put(f"/canary-guard/web/command/{rev}", b"{}")
+        etcd.put(f"/canary-guard/web/decisions/{rev}", b"[]")
     proxies = fleet(launcher, backends, etcd, canary_cfg(stepWeights=[20, 40, 60]))
     # 80 / 16 / 3 req/s: the fleet's canary traffic (~20/s at weight 20) is well above
     # minRequests 10 per check; the quiet replica's own (<1/s) is far below it.
@@ -99,7 +101,11 @@ def test_uneven_load_promotes_on_every_replica(launcher, backends, etcd):
     print(f"\nreplica record sizes (bytes): {sizes}")
     states = etcd.keys("/canary-guard/web/state/")
     assert sorted(states) == sorted(f"/canary-guard/web/state/{r}" for r in ["v2", *old[3:]]), states
-    assert "deleted the fleet state of 3 old revision(s)" in judge.log_text()
+    assert "deleted the fleet state, last command and decisions of 3 old revision(s)" in judge.log_text()
+    # Each deleted revision's command and decisions went with its state.
+    for kind in ["command", "decisions"]:
+        kept = [k for k in etcd.keys(f"/canary-guard/web/{kind}/") if not k.endswith("/v2")]
+        assert sorted(kept) == sorted(f"/canary-guard/web/{kind}/{r}" for r in old[3:]), kept
     # A replica that leaves: its record expires with its lease, and the judge says so.
     leaver = next(p for p in proxies if p is not judge)
     leaver.stop()
