@@ -18,6 +18,9 @@ What no schema can tell, checked with the Envoy of `make setup` and the module o
    manager as istiod's MERGE does, keeps a client-sent routing header from reaching the canary
    route of istio/virtualservice.yaml while no canary-guard filter runs (failed open). A control
    run without the patch must reach the canary.
+4. control: istio/control-gateway.yaml's control plugin on its loopback Gateway listener, ahead
+   of the routing plugin, sees the routing plugin's canary (shared data of the empty vm_id),
+   carries out an abort, and none of its requests is counted as a canary or stable outcome.
 
     .venv/bin/python -m scripts.istio_envoy_check [--envoy PATH] [--wasm PATH]
 
@@ -84,8 +87,9 @@ class Envoy:
         self.listen = free_port()
         cfg = copy.deepcopy(config)
         cfg["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin}}}
-        for listener in cfg["static_resources"]["listeners"]:
-            listener["address"]["socket_address"].update(address="127.0.0.1", port_value=self.listen)
+        # The first listener (traffic) on a free port; others keep the free ports they were given.
+        cfg["static_resources"]["listeners"][0]["address"]["socket_address"].update(
+            address="127.0.0.1", port_value=self.listen)
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.log_path = workdir / f"{name}.log"
@@ -161,11 +165,9 @@ def http_connection_manager(cfg: dict) -> dict:
     return cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 
 
-def with_plugin(cfg: dict, plugin: dict, wasm: Path, workdir: Path,
-                plugin_config: Optional[dict] = None) -> dict:
-    """cfg with the WasmPlugin's filter as istiod delivers it: by ECDS (a file in workdir here,
-    ADS in Istio), in Istio's place in the chain for phase UNSPECIFIED_PHASE."""
-    cfg = copy.deepcopy(cfg)
+def ecds_filter(plugin: dict, wasm: Path, workdir: Path, plugin_config: Optional[dict] = None) -> dict:
+    """The listener's filter for a WasmPlugin, its configuration delivered by ECDS as istiod
+    delivers it (a file of its own in workdir here, ADS in Istio)."""
     ecds_dir = Path(tempfile.mkdtemp(prefix="ecds-", dir=workdir))
     path = ecds_dir / "extensions.yaml"
     doc = {"version_info": "1", "resources": [{
@@ -174,15 +176,28 @@ def with_plugin(cfg: dict, plugin: dict, wasm: Path, workdir: Path,
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     source = {"resource_api_version": "V3", "path_config_source": {
         "path": str(path), "watched_directory": {"path": str(ecds_dir)}}}
+    return istio_ecds_filter(plugin, source)
+
+
+def with_plugin(cfg: dict, plugin: dict, wasm: Path, workdir: Path,
+                plugin_config: Optional[dict] = None) -> dict:
+    """cfg with the WasmPlugin's filter as istiod delivers it: by ECDS, in Istio's place in the
+    chain for phase UNSPECIFIED_PHASE."""
+    cfg = copy.deepcopy(cfg)
     hcm = http_connection_manager(cfg)
     router = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router")
-    hcm["http_filters"] = istio_http_filters(istio_ecds_filter(plugin, source), router)
+    hcm["http_filters"] = istio_http_filters(ecds_filter(plugin, wasm, workdir, plugin_config), router)
     cfg.setdefault("node", {"id": "istio-envoy-check", "cluster": "istio-envoy-check"})
     return cfg
 
 
-def wasm_plugins() -> list[tuple[str, dict]]:
+def all_wasm_plugins() -> list[tuple[str, dict]]:
     return [(p.name, d) for p in sorted(ISTIO.glob("*.yaml")) for d in documents(p) if d.get("kind") == "WasmPlugin"]
+
+
+def wasm_plugins() -> list[tuple[str, dict]]:
+    """The routing WasmPlugins (the control one is checked by `control`)."""
+    return [(f, d) for f, d in all_wasm_plugins() if d["spec"]["pluginConfig"].get("role") != "control"]
 
 
 def stats_matchers() -> dict[str, dict]:
@@ -352,11 +367,80 @@ class Checker:
                         f"got {bodies}, log {e.log_path}")
 
 
+    def control(self) -> None:
+        """istio/control-gateway.yaml beside the gateway plugin, as istiod builds the gateway:
+        the traffic listener with the routing plugin alone (the control plugin's match is port
+        9902), and the Gateway server's listener on loopback with both plugins, the control one
+        first (priority 100), each by its own ECDS resource, and routes leading nowhere (no
+        VirtualService binds that Gateway). The control endpoint must see the routing plugin's
+        canary through the shared data of the empty vm_id, carry out an abort, and no control
+        request may be counted as a canary or stable outcome."""
+        plugin = next(p for f, p in wasm_plugins() if f == "wasmplugin-gateway.yaml")
+        control_file, control = next((f, p) for f, p in all_wasm_plugins() if f == "control-gateway.yaml")
+        server = next(d for d in documents(ISTIO / control_file) if d["kind"] == "Gateway")["spec"]["servers"][0]
+        name = plugin["spec"]["pluginConfig"]["name"]
+        cfg = with_plugin(base_config(), plugin, self.wasm, self.workdir)
+        traffic = cfg["static_resources"]["listeners"][0]
+        listener = copy.deepcopy(traffic)
+        port = free_port()
+        listener["name"] = f"{server['bind']}_{server['port']['number']}"
+        listener["address"] = {"socket_address": {"address": server["bind"], "port_value": port}}
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        port_name = server["port"]["number"]
+        hcm["route_config"] = {"name": f"http.{port_name}",
+                               "virtual_hosts": [{"name": f"blackhole:{port_name}", "domains": ["*"]}]}
+        router = hcm["http_filters"][-1]
+        chain = istio_http_filters(ecds_filter(plugin, self.wasm, self.workdir), router)
+        at = next(i for i, f in enumerate(chain) if f["name"] == resource_name(plugin))
+        chain.insert(at, ecds_filter(control, self.wasm, self.workdir))
+        hcm["http_filters"] = chain
+        cfg["static_resources"]["listeners"].append(listener)
+        base = f"http://{server['bind']}:{port}"
+
+        def call(method: str, path: str) -> tuple[int, str]:
+            req = urllib.request.Request(base + path, method=method, data=b"" if method == "POST" else None)
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as err:
+                return err.code, err.read().decode()
+            except (urllib.error.URLError, OSError) as err:
+                return 0, str(err)
+
+        with self.start(cfg) as e:
+            if not e.ready():
+                self.report(False, "control: Envoy ready", f"log {e.log_path}")
+                return
+            status, body = 0, ""
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                status, body = call("GET", f"/canaries/{name}")
+                if status == 200 and '"phase":"Progressing"' in body.replace(" ", ""):
+                    break
+                time.sleep(0.2)
+            self.report(status == 200 and '"phase":"Progressing"' in body.replace(" ", ""),
+                        f"control: {control_file}'s endpoint shows canary {name} of the routing plugin (shared vm_id)",
+                        f"got {status} {body[:300]!r}, log {e.log_path}")
+            status, body = call("POST", f"/canaries/{name}/abort")
+            stats = wait_stat(e, rf"^wasmcustom\.canary_guard\.{name}\.phase: 4$")
+            failed = re.search(rf"^wasmcustom\.canary_guard\.{name}\.phase: 4$", stats, re.M) is not None
+            weight0 = re.search(rf"^wasmcustom\.canary_guard\.{name}\.weight: 0$", stats, re.M) is not None
+            self.report(status in (200, 202) and failed and weight0,
+                        "control: an abort through it rolls the canary back (phase Failed, weight 0)",
+                        f"answer {status} {body[:200]!r}, failed={failed}, weight0={weight0}, log {e.log_path}")
+            counted = [l for l in stats.splitlines()
+                       if re.match(rf"wasmcustom\.canary_guard\.{name}\.(canary|stable)_requests: [1-9]", l)]
+            self.report(not counted, "control: the routing plugin counted none of the control requests",
+                        "; ".join(counted))
+            status, _ = call("GET", "/")
+            self.report(status == 404, "control: a path that is not the API gets the control role's 404", f"got {status}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--envoy", default=os.environ.get("ENVOY_BIN") or str(REPO / ".venv" / "bin" / "envoy"))
     ap.add_argument("--wasm", type=Path, default=DEFAULT_WASM)
-    ap.add_argument("--only", choices=["plugin-config", "stats", "envoyfilter"], action="append")
+    ap.add_argument("--only", choices=["plugin-config", "stats", "envoyfilter", "control"], action="append")
     args = ap.parse_args(argv)
     for path, what in ((Path(args.envoy), "Envoy (make setup, or ENVOY_BIN)"), (args.wasm, "the module (make build)")):
         if not path.is_file():
@@ -364,7 +448,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
     with tempfile.TemporaryDirectory(prefix="istio-envoy-check-") as tmp:
         checker = Checker(args.envoy, args.wasm.resolve(), Path(tmp))
-        for check in args.only or ["plugin-config", "stats", "envoyfilter"]:
+        for check in args.only or ["plugin-config", "stats", "envoyfilter", "control"]:
             getattr(checker, check.replace("-", "_"))()
         if checker.failures:
             print(f"\n{len(checker.failures)} check(s) failed")

@@ -279,7 +279,29 @@ def test_plugin_config_is_the_standalone_one(file):
 def test_every_wasm_plugin_is_checked():
     files = {p.name for p in MANIFESTS if any(d.get("kind") == "WasmPlugin" for _, d in iv.load_documents(p))}
     assert files == {"wasmplugin-gateway.yaml", "wasmplugin-gateway-file.yaml", "wasmplugin-sidecar.yaml",
-                     "wasmplugin-gateway-fleet.yaml"}
+                     "wasmplugin-gateway-fleet.yaml", "control-gateway.yaml"}
+
+
+def test_control_plugin_serves_only_its_loopback_gateway_server_ahead_of_the_routing_plugin():
+    """control-gateway.yaml: the gateway plugin's module in the control role, matched to the
+    port of a Gateway server bound to the pod's loopback, and ordered before the routing plugin
+    (istiod orders a phase by priority, highest first), so that the routing plugin never sees a
+    control request (scripts/istio_envoy_check.py `control` runs that chain in a real Envoy)."""
+    control = doc("control-gateway.yaml", "WasmPlugin")
+    gateway = doc("control-gateway.yaml", "Gateway")
+    routing = doc("wasmplugin-gateway.yaml", "WasmPlugin")
+    (server,) = gateway["spec"]["servers"]
+    assert server["bind"] == "127.0.0.1" and server["port"]["protocol"] == "HTTP"
+    assert gateway["spec"]["selector"] == routing["spec"]["selector"]["matchLabels"]
+    spec = control["spec"]
+    for key in ("selector", "url", "imagePullPolicy", "pluginName", "type", "phase"):
+        assert spec[key] == routing["spec"][key], f"{key}: the routing plugin's"
+    assert spec["priority"] > routing["spec"].get("priority", 0)
+    # Gateway listeners are CLIENT in istiod's traffic selector (workloadModeForListenerClass).
+    assert spec["match"] == [{"mode": "CLIENT", "ports": [{"number": server["port"]["number"]}]}]
+    assert spec["pluginConfig"]["role"] == "control"
+    assert "allowRemote" not in spec["pluginConfig"], "loopback only"
+    assert control["metadata"]["namespace"] == routing["metadata"]["namespace"]
 
 
 def test_fleet_plugin_is_the_gateway_one_plus_fleet():
