@@ -1,11 +1,15 @@
 //! Log-linear latency histogram in microseconds with bounded relative error.
 //!
-//! Values below 32µs are exact; above, each power of two is split into 16 equal buckets, so a
-//! bucket is at most 1/16 of its lower bound wide and its midpoint is within ±3.2% of any value
-//! in it. Stored sparse (index, count), sorted, because latencies cluster in a few buckets.
+//! Values below 128µs are exact; above, each power of two is split into 64 equal buckets, so a
+//! bucket is at most 1/64 of its lower bound wide and its midpoint is within ±0.78% of any
+//! value in it: a reported percentile is never more than 1% from the true one (a true p99 of
+//! 505 ms is never reported below 500 ms). Stored sparse (index, count), sorted, because
+//! latencies cluster in a few buckets.
 
-/// Sub-buckets per power of two (4 mantissa bits).
-const SUB: u64 = 16;
+/// Mantissa bits: 2^6 = 64 sub-buckets per power of two.
+const BITS: u64 = 6;
+/// Sub-buckets per power of two.
+const SUB: u64 = 1 << BITS;
 /// Largest recorded value: ~19 hours in µs; anything longer is clamped.
 pub const MAX_MICROS: u64 = (1 << 36) - 1;
 /// Number of distinct bucket indices.
@@ -21,9 +25,9 @@ pub const fn bucket_of(micros: u64) -> u16 {
     if v < 2 * SUB {
         return v as u16;
     }
-    let exp = 63 - v.leading_zeros() as u64; // >= 5
-    let mantissa = (v >> (exp - 4)) & (SUB - 1);
-    ((exp - 3) * SUB + mantissa) as u16
+    let exp = 63 - v.leading_zeros() as u64; // >= BITS + 1
+    let mantissa = (v >> (exp - BITS)) & (SUB - 1);
+    ((exp - BITS + 1) * SUB + mantissa) as u16
 }
 
 /// Inclusive lower and exclusive upper bound of a bucket, in µs.
@@ -32,9 +36,9 @@ pub fn bounds_of(index: u16) -> (u64, u64) {
     if i < 2 * SUB {
         return (i, i + 1);
     }
-    let exp = i / SUB + 3;
+    let exp = i / SUB + BITS - 1;
     let mantissa = i % SUB;
-    let shift = exp - 4;
+    let shift = exp - BITS;
     ((SUB + mantissa) << shift, (SUB + mantissa + 1) << shift)
 }
 
@@ -151,11 +155,12 @@ mod tests {
     #[test]
     fn relative_error_is_bounded() {
         for v in [
-            1u64, 31, 32, 33, 100, 999, 1_000, 12_345, 500_000, 2_000_000, 60_000_000,
+            1u64, 31, 32, 33, 100, 127, 128, 129, 999, 1_000, 12_345, 500_000, 505_000, 2_000_000,
+            60_000_000,
         ] {
             let est = value_of(bucket_of(v));
             let err = (est - v as f64).abs() / v as f64;
-            assert!(err <= 1.0 / 32.0 + 1e-9, "{v}: {est} off by {err}");
+            assert!(err <= 1.0 / 128.0 + 1e-9, "{v}: {est} off by {err}");
         }
     }
 
@@ -166,9 +171,9 @@ mod tests {
             h.record(v * 1000);
         }
         let p99 = h.percentile(99.0).unwrap();
-        assert!((p99 - 99_000.0).abs() / 99_000.0 < 0.04, "{p99}");
+        assert!((p99 - 99_000.0).abs() / 99_000.0 < 0.01, "{p99}");
         let p50 = h.percentile(50.0).unwrap();
-        assert!((p50 - 50_000.0).abs() / 50_000.0 < 0.04, "{p50}");
+        assert!((p50 - 50_000.0).abs() / 50_000.0 < 0.01, "{p50}");
         assert_eq!(Histogram::default().percentile(99.0), None);
     }
 

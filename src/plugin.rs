@@ -136,6 +136,15 @@ impl Root {
                     &format!("canary {} rev {}: filter configured (routing header {}, stable {}, canary {})",
                         cfg.name, cfg.revision, cfg.upstreams.header, cfg.upstreams.stable, cfg.upstreams.canary),
                 );
+                for notice in &cfg.analysis.notices {
+                    env.telemetry.log(
+                        Level::Warn,
+                        &format!(
+                            "canary {} rev {}: configuration notice: {notice}",
+                            cfg.name, cfg.revision
+                        ),
+                    );
+                }
                 let tick = filter_tick_ms(&cfg);
                 self.token = self.new_token(env.host, now);
                 self.beat = env.host.plugin_name().map(|plugin| Beat {

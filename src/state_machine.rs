@@ -22,10 +22,15 @@ pub enum Event {
         from: u8,
         to: u8,
     },
-    /// A/B testing: one more passing iteration.
+    /// A/B testing or Blue/Green: one more passing iteration.
     Iteration {
         done: u32,
         of: u32,
+    },
+    /// Blue/Green: the iterations passed, every request goes to the canary now (Flagger's
+    /// "Routing all traffic to canary"); one more passing check promotes.
+    RoutedAll {
+        after: u32,
     },
     /// A check failed below the threshold: weight held.
     Halt {
@@ -172,6 +177,7 @@ impl fmt::Display for Logged<'_> {
             Event::Advance { from, to } => write!(f, "advance weight {from} -> {to}"),
             Event::Lowered { from, to } => write!(f, "the top step is now {to}: weight {from} -> {to}, promotion after a passing check at {to}"),
             Event::Iteration { done, of } => write!(f, "checks passed, iteration {done}/{of}"),
+            Event::RoutedAll { after } => write!(f, "routing all traffic to the canary (Blue/Green, {after} iterations passed): weight 0 -> 100, promotion after a passing check there"),
             Event::Halt { reasons, failed, threshold } => write!(
                 f,
                 "halt advancement, {} (failed checks {failed}/{threshold})",
@@ -340,6 +346,19 @@ pub fn is_due(cfg: &Config, state: &CanaryState, now_ms: u64) -> bool {
         && now_ms >= state.last_check_ms.saturating_add(cfg.analysis.interval_ms)
 }
 
+/// When the first check after a hold (`suspend`, or an operator's pause) lifted at
+/// `resumed_ms` is due: Flagger's ticker keeps ticking while a canary is suspended
+/// (scheduler.go `scheduleCanaries` starts one `time.NewTicker(interval)` per canary;
+/// `advanceCanary` returns early while `Spec.Suspend`), so the next check is the first tick of
+/// the schedule after the resume, never the moment it is lifted. The schedule here is the
+/// last check plus whole intervals.
+pub fn next_check_after_hold(cfg: &Config, state: &CanaryState, resumed_ms: u64) -> u64 {
+    let interval = cfg.analysis.interval_ms.max(1);
+    let last = state.last_check_ms;
+    let passed = resumed_ms.saturating_sub(last) / interval;
+    last.saturating_add(interval.saturating_mul(passed.saturating_add(1)))
+}
+
 /// An operator's action on the configured revision's state (`None`: nothing to change, the
 /// action already holds or does not apply). Pause and resume change no state: the analyser
 /// holds the checks while the latest command is a pause.
@@ -414,6 +433,14 @@ pub fn check(
     let mut next = state.clone();
     next.last_check_ms = now_ms;
     let mut events = Vec::new();
+    // skipAnalysis set while the analysis runs: Flagger promotes on its next tick
+    // (scheduler.go shouldSkipAnalysis, asked before anything else).
+    if cfg.skip_analysis {
+        next.phase = Phase::Succeeded;
+        next.weight = 100;
+        events.push(Event::Skipped);
+        return (next, events);
+    }
     // Flagger asks the rollback webhooks first: a 2xx rolls back whatever the metrics say.
     if let Some(hook) = &gates.rollback {
         next.phase = Phase::Failed;
@@ -425,7 +452,11 @@ pub fn check(
         return (next, events);
     }
     let start_check = is_start_check(cfg, state);
-    let mut failures = if start_check {
+    // Blue/Green before the switch: no request reaches the canary through the proxy (weight 0,
+    // no match rules), so the metrics have nothing to judge; the webhooks (a load or acceptance
+    // test against the canary itself) do. The metrics judge from the switch on.
+    let blind = matches!(a.steps, Steps::BlueGreen(_)) && state.weight == 0;
+    let mut failures = if start_check || blind {
         Vec::new() // before any traffic: only the pre-rollout webhooks count
     } else {
         failure_reasons(results)
@@ -442,7 +473,7 @@ pub fn check(
     // check judged traffic at the old weight, so it cannot promote.
     let top = a.steps.max_weight();
     let lowered = matches!(state.phase, Phase::Progressing | Phase::WaitingPromotion)
-        && !matches!(a.steps, Steps::Iterations(_))
+        && a.steps.iterations().is_none()
         && state.weight > top;
     if lowered {
         next.weight = top;
@@ -488,6 +519,36 @@ pub fn check(
         return (next, events);
     }
     let advance = match &a.steps {
+        // scheduler.go runBlueGreen: `iterations` passing checks at weight 0, then (past the
+        // promotion gate) all traffic to the canary, then (past it again) promotion.
+        Steps::BlueGreen(n) if state.weight == 0 => {
+            next.iterations = state.iterations.saturating_add(1);
+            if state.iterations < *n || start_check {
+                events.push(Event::Iteration {
+                    done: next.iterations.min(*n),
+                    of: *n,
+                });
+                return (next, events);
+            }
+            if let Some(hook) = &gates.promotion {
+                if state.phase != Phase::WaitingPromotion {
+                    next.phase = Phase::WaitingPromotion;
+                    events.push(Event::AwaitingPromotion {
+                        hook: hook.clone(),
+                        weight: 0,
+                    });
+                }
+                return (next, events);
+            }
+            next.phase = Phase::Progressing;
+            next.weight = 100;
+            events.push(Event::RoutedAll { after: *n });
+            return (next, events);
+        }
+        Steps::BlueGreen(_) => {
+            next.iterations = state.iterations.saturating_add(1);
+            None
+        }
         Steps::Iterations(n) => {
             next.iterations = state.iterations.saturating_add(1);
             if next.iterations < *n || start_check {
@@ -654,7 +715,7 @@ mod tests {
 
     #[test]
     fn advance_is_logged_with_figures() {
-        let cfg = with("/analysis/stepWeights", None).unwrap();
+        let cfg = with("/analysis/stepWeight", Some(10.into())).unwrap();
         let (s, _) = start(&cfg, 0);
         let (_, ev) = check(&cfg, &s, &healthy(&cfg), &Gates::OPEN, 1000);
         assert_eq!(
@@ -773,6 +834,135 @@ mod tests {
         let cfg = with("/suspend", Some(true.into())).unwrap();
         let (s, _) = start(&cfg, 0);
         assert!(!is_due(&cfg, &s, 60_000));
+    }
+
+    /// Flagger scheduler.go: one ticker per canary keeps its schedule while suspended
+    /// (`advanceCanary` returns early on `Spec.Suspend`).
+    #[test]
+    fn after_a_hold_the_next_check_keeps_the_schedule() {
+        let cfg = example(); // interval 1s
+        let (mut s, _) = start(&cfg, 0);
+        s.last_check_ms = 10_000;
+        // Lifted within the interval: the check it was waiting for.
+        assert_eq!(next_check_after_hold(&cfg, &s, 10_400), 11_000);
+        // Lifted 3.5 intervals later: the next tick of the schedule, not at once.
+        assert_eq!(next_check_after_hold(&cfg, &s, 13_500), 14_000);
+        // Lifted exactly on a tick: that tick went by while suspended.
+        assert_eq!(next_check_after_hold(&cfg, &s, 13_000), 14_000);
+    }
+
+    /// Flagger scheduler.go `shouldSkipAnalysis`, asked on every tick before anything else:
+    /// skipAnalysis set while the analysis runs promotes at once.
+    #[test]
+    fn skip_analysis_set_while_running_promotes_on_the_next_check() {
+        let cfg = example();
+        let (s, _) = start(&cfg, 0);
+        let (s, _) = check(&cfg, &s, &healthy(&cfg), &Gates::OPEN, 1000);
+        assert_eq!((s.phase, s.weight), (Phase::Progressing, 5));
+        let skip = with("/skipAnalysis", Some(true.into())).unwrap();
+        let (n, ev) = check(&skip, &s, &failing(&skip), &Gates::OPEN, 2000);
+        assert_eq!((n.phase, n.weight), (Phase::Succeeded, 100));
+        assert_eq!(ev, vec![Event::Skipped], "whatever the metrics say");
+    }
+
+    fn blue_green(n: u32, webhooks: serde_json::Value) -> Config {
+        let mut v: serde_json::Value = serde_json::from_str(crate::testkit::EXAMPLE).unwrap();
+        let a = v["analysis"].as_object_mut().unwrap();
+        a.remove("stepWeights");
+        a.remove("match");
+        a.insert("iterations".into(), n.into());
+        if !webhooks.is_null() {
+            a.insert("webhooks".into(), webhooks);
+        }
+        crate::config::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    /// Flagger scheduler.go `runBlueGreen`: `iterations` passing checks at weight 0 ("Advance
+    /// canary iteration i/n"), then "Routing all traffic to canary", then promotion.
+    #[test]
+    fn blue_green_iterates_at_weight_zero_then_routes_all_traffic_then_promotes() {
+        let cfg = blue_green(3, serde_json::Value::Null);
+        let (mut s, ev) = start(&cfg, 0);
+        assert_eq!((s.phase, s.weight), (Phase::Progressing, 0));
+        assert_eq!(ev, vec![Event::Started { weight: 0 }]);
+        let mut seen = Vec::new();
+        for i in 1..=5u64 {
+            // The metrics see no canary traffic at weight 0 (no data): not a failed check.
+            let results = if s.weight == 0 {
+                failing(&cfg)
+            } else {
+                healthy(&cfg)
+            };
+            let (n, ev) = check(&cfg, &s, &results, &Gates::OPEN, i * 1000);
+            seen.push((n.weight, n.phase, text(&cfg, &ev[0])));
+            s = n;
+        }
+        let weights: Vec<(u8, Phase)> = seen.iter().map(|(w, p, _)| (*w, *p)).collect();
+        assert_eq!(
+            weights,
+            vec![
+                (0, Phase::Progressing),
+                (0, Phase::Progressing),
+                (0, Phase::Progressing),
+                (100, Phase::Progressing),
+                (100, Phase::Succeeded)
+            ]
+        );
+        assert!(
+            seen[0].2.ends_with("checks passed, iteration 1/3"),
+            "{}",
+            seen[0].2
+        );
+        assert!(
+            seen[3].2.contains("routing all traffic to the canary"),
+            "{}",
+            seen[3].2
+        );
+        assert_eq!(s.failed_checks, 0);
+    }
+
+    #[test]
+    fn blue_green_judges_the_metrics_after_the_switch_and_the_webhooks_before() {
+        let cfg = blue_green(
+            1,
+            serde_json::json!([{"name": "acceptance", "type": "rollout", "url": "http://lt/"}]),
+        );
+        let (s, _) = start(&cfg, 0);
+        // Before the switch a failing rollout webhook fails the check (threshold 3).
+        let refused = gate(|g| g.failed.push(("acceptance".into(), "HTTP 500".into())));
+        let (s1, ev) = check(&cfg, &s, &healthy(&cfg), &refused, 1000);
+        assert_eq!((s1.weight, s1.failed_checks), (0, 1));
+        assert!(matches!(ev[0], Event::Halt { .. }), "{ev:?}");
+        let (s2, _) = check(&cfg, &s1, &healthy(&cfg), &Gates::OPEN, 2000);
+        let (s3, ev) = check(&cfg, &s2, &healthy(&cfg), &Gates::OPEN, 3000);
+        assert_eq!(s3.weight, 100, "{ev:?}");
+        // At weight 100 the metrics count: failing checks roll back to stable.
+        let (s4, _) = check(&cfg, &s3, &failing(&cfg), &Gates::OPEN, 4000);
+        let (s5, ev) = check(&cfg, &s4, &failing(&cfg), &Gates::OPEN, 5000);
+        assert_eq!((s5.phase, s5.weight), (Phase::Failed, 0), "{ev:?}");
+    }
+
+    #[test]
+    fn blue_green_asks_the_promotion_gate_before_the_switch_and_before_promotion() {
+        let cfg = blue_green(
+            1,
+            serde_json::json!([{"name": "go", "type": "confirm-promotion", "url": "http://lt/gate/check"}]),
+        );
+        let (s, _) = start(&cfg, 0);
+        let (s, _) = check(&cfg, &s, &healthy(&cfg), &Gates::OPEN, 1000);
+        let closed = gate(|g| g.promotion = Some("go".into()));
+        let (held, ev) = check(&cfg, &s, &healthy(&cfg), &closed, 2000);
+        assert_eq!(
+            (held.phase, held.weight),
+            (Phase::WaitingPromotion, 0),
+            "{ev:?}"
+        );
+        let (switched, _) = check(&cfg, &held, &healthy(&cfg), &Gates::OPEN, 3000);
+        assert_eq!((switched.phase, switched.weight), (Phase::Progressing, 100));
+        let (held, _) = check(&cfg, &switched, &healthy(&cfg), &closed, 4000);
+        assert_eq!((held.phase, held.weight), (Phase::WaitingPromotion, 100));
+        let (done, _) = check(&cfg, &held, &healthy(&cfg), &Gates::OPEN, 5000);
+        assert_eq!((done.phase, done.weight), (Phase::Succeeded, 100));
     }
 
     #[test]

@@ -228,7 +228,8 @@ pub struct SlotRecord {
 const MAGIC: &[u8; 4] = b"CGtl";
 /// 2: checksum trailer. 3: a series per metric window cut from the analysis start, requests
 /// in flight.
-const VERSION: u8 = 3;
+// 4: latency buckets of 1/64 of a power of two (were 1/16).
+const VERSION: u8 = 4;
 
 impl SlotRecord {
     /// A record with one series per window in `windows_ms` (deduplicated, sorted).

@@ -693,3 +693,43 @@ fn unreadable_state_is_held_like_no_state() {
         1
     );
 }
+
+/// Flagger scheduler.go: the canary's ticker keeps its schedule while `suspend` is set
+/// (`advanceCanary` returns early), so lifting it does not check at once on traffic served
+/// while suspended: the next check is the schedule's next tick.
+#[test]
+fn lifting_suspend_keeps_the_check_schedule() {
+    let mut sim = Sim::new(Mode::Singleton, 2, &config(&[]));
+    assert!(
+        sim.run_until(5_000, |s| s.weight() == 5),
+        "{:?}",
+        sim.history
+    );
+    let last = sim.state().unwrap().last_check_ms;
+    sim.reconfigure_all(&config(&[("/suspend", serde_json::json!(true))]));
+    sim.run(3_450);
+    assert_eq!(
+        sim.state().unwrap().last_check_ms,
+        last,
+        "no check while suspended"
+    );
+    // The backend breaks while suspended (threshold 3: one check would only halt).
+    sim.backend.canary_5xx_pct = 100;
+    sim.reconfigure_all(&config(&[]));
+    let resumed = sim.now;
+    assert!(sim.run_until(3_000, |s| s.state().unwrap().last_check_ms != last));
+    let checked = sim.state().unwrap().last_check_ms;
+    assert!(
+        checked >= resumed + 100,
+        "checked {} ms after the resume",
+        checked - resumed
+    );
+    assert_eq!(
+        (checked - last) % INTERVAL_MS,
+        0,
+        "on the schedule: last check {last} + whole intervals, got {checked}"
+    );
+    assert!(sim
+        .tel
+        .logged("resumed, weight 5 in phase Progressing: the next check keeps the schedule"));
+}

@@ -395,7 +395,7 @@ impl Analyser {
                 self.write_fleet_state(agent, keys, host, tel, write, now_ms);
             }
             Resume::Keep(state) => {
-                if self.hold_while_suspended(tel, &state) {
+                if self.hold_while_suspended(tel, &state, now_ms) {
                     return;
                 }
                 if self.hooks_pending() {
@@ -738,10 +738,14 @@ impl Analyser {
                     self.apply(agent, store, tel, &next);
                     if !results.is_empty() {
                         tel.count(&self.cfg.name, Stat::Checks, 1);
-                        if events
-                            .iter()
-                            .all(|e| matches!(e, Event::Advance { .. } | Event::Iteration { .. }))
-                        {
+                        if events.iter().all(|e| {
+                            matches!(
+                                e,
+                                Event::Advance { .. }
+                                    | Event::Iteration { .. }
+                                    | Event::RoutedAll { .. }
+                            )
+                        }) {
                             let line =
                                 format!("checks passed on fleet totals: {}", summary(&results));
                             self.log.revision(tel, Level::Debug, &line);
@@ -970,7 +974,7 @@ impl Analyser {
         };
         // The check is as of one publication period back: every replica has published it.
         let to = now_ms.saturating_sub(publish_ms(self.cfg.analysis.interval_ms));
-        if !is_due(&self.cfg, &f.state, to) {
+        if !self.due(&f.state, to) {
             return Ok(());
         }
         let slots: Vec<_> = records.into_iter().map(|r| r.tally).collect();

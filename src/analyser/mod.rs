@@ -32,7 +32,7 @@ use crate::metrics::{evaluate, MetricResult};
 use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
 use crate::state_machine::{
-    check, held, is_due, resume, summary, Cause, Event, Found, Gates, Resume,
+    check, held, is_due, next_check_after_hold, resume, summary, Cause, Event, Found, Gates, Resume,
 };
 use crate::store::lease::{self, HolderKind};
 use crate::store::slots::read_all;
@@ -92,6 +92,8 @@ pub struct Analyser {
     revision_info: String,
     /// This revision's request and 5xx counters (`report`).
     revision_counters: RevisionCounters,
+    /// After a hold lifted: no check before this scheduled tick.
+    resume_at_ms: Option<u64>,
 }
 
 /// A check's webhook rounds so far: the gates they gave, and which rounds are done.
@@ -130,6 +132,7 @@ impl Analyser {
             log: CanaryLog::new(&cfg),
             revision_info: revision_info_name(&cfg.name, &cfg.revision),
             revision_counters: RevisionCounters::new(&cfg.name, &cfg.revision),
+            resume_at_ms: None,
             cfg,
             token,
             kind,
@@ -167,6 +170,12 @@ impl Analyser {
     /// token: a singleton that picked up a new configuration).
     pub fn inherit_lead(&mut self, from: &Analyser) {
         self.leading = from.leading;
+        // A configuration update that lifts `suspend` is this analyser's first tick unheld:
+        // it must know the hold was on to keep the schedule.
+        if from.cfg.revision == self.cfg.revision {
+            self.suspended.set(from.suspended.is_set());
+            self.resume_at_ms = from.resume_at_ms;
+        }
         if let (Some(mine), Some(theirs), true) = (
             self.fleet.as_deref_mut(),
             from.fleet.as_deref(),
@@ -247,10 +256,10 @@ impl Analyser {
         let Some(state) = self.resume_or_hold(store, tel, host, &loaded, now_ms) else {
             return;
         };
-        if self.hold_while_suspended(tel, &state) {
+        if self.hold_while_suspended(tel, &state, now_ms) {
             return;
         }
-        let due = is_due(&self.cfg, &state, now_ms);
+        let due = self.due(&state, now_ms);
         if !due
             && self
                 .totals_at_ms
@@ -381,8 +390,15 @@ impl Analyser {
         Some(state)
     }
 
-    /// `suspend: true` holds the weight and the phase (logged once).
-    fn hold_while_suspended(&mut self, tel: &mut dyn Telemetry, state: &CanaryState) -> bool {
+    /// `suspend: true` (or an operator's pause) holds the weight and the phase (logged once).
+    /// When it lifts, the next check keeps the schedule (`next_check_after_hold`), as Flagger's.
+    fn hold_while_suspended(
+        &mut self,
+        tel: &mut dyn Telemetry,
+        state: &CanaryState,
+        now_ms: u64,
+    ) -> bool {
+        let was_held = self.suspended.is_set();
         let held = self.cfg.suspend || self.paused;
         if self.suspended.starts(held) {
             let line = format!(
@@ -392,7 +408,24 @@ impl Analyser {
             );
             self.log.revision(tel, Level::Info, &line);
         }
+        if was_held && !held && state.phase.is_running() {
+            let at = next_check_after_hold(&self.cfg, state, now_ms);
+            self.resume_at_ms = Some(at);
+            let line = format!(
+                "resumed, weight {} in phase {}: the next check keeps the schedule, in {} ms",
+                state.weight,
+                state.phase.name(),
+                at.saturating_sub(now_ms)
+            );
+            self.log.revision(tel, Level::Info, &line);
+        }
         held
+    }
+
+    /// Whether a check is due at `at_ms`: an interval since the last one, and not before the
+    /// scheduled tick after a hold.
+    fn due(&self, state: &CanaryState, at_ms: u64) -> bool {
+        is_due(&self.cfg, state, at_ms) && self.resume_at_ms.is_none_or(|t| at_ms >= t)
     }
 
     /// Step 4: reads every worker's slot, reports the sums and the shared-data footprint.
@@ -508,10 +541,12 @@ impl Analyser {
             return;
         }
         tel.count(&self.cfg.name, Stat::Checks, 1);
-        if events
-            .iter()
-            .all(|e| matches!(e, Event::Advance { .. } | Event::Iteration { .. }))
-        {
+        if events.iter().all(|e| {
+            matches!(
+                e,
+                Event::Advance { .. } | Event::Iteration { .. } | Event::RoutedAll { .. }
+            )
+        }) {
             let line = format!("checks passed: {}", summary(results));
             self.log.revision(tel, Level::Debug, &line);
         }
@@ -625,9 +660,10 @@ impl Analyser {
 fn decision_of(e: &Event) -> Option<Decision> {
     Some(match e {
         Event::Started { .. } => Decision::Start,
-        Event::Advance { .. } | Event::Lowered { .. } | Event::Iteration { .. } => {
-            Decision::Advance
-        }
+        Event::Advance { .. }
+        | Event::Lowered { .. }
+        | Event::Iteration { .. }
+        | Event::RoutedAll { .. } => Decision::Advance,
         Event::Halt { .. } => Decision::Halt,
         Event::Held { .. }
         | Event::AwaitingRollout { .. }

@@ -114,6 +114,9 @@ fn report(at: &str, what: &str, config: Option<&[u8]>) -> u8 {
     match parse_plugin(bytes) {
         Ok(Plugin::Filter(c)) => {
             println!("{at}: {what}: ok: canary {} rev {}", c.name, c.revision);
+            for notice in &c.analysis.notices {
+                println!("{at}: {what}: notice: {notice}");
+            }
             0
         }
         Ok(Plugin::Analyser) => {

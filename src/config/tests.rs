@@ -66,26 +66,147 @@ fn tallies_cover_the_metric_windows_not_a_longer_interval() {
     assert_eq!(crate::tally::bucket_ms_for(10_000), 157);
 }
 
-#[test]
-fn linear_steps_walk_to_max_weight() {
-    let c = with("/analysis/stepWeights", None).unwrap();
-    let steps = &c.analysis.steps;
-    assert_eq!(steps, &Steps::Linear { step: 10, max: 50 });
+fn walk(steps: &Steps) -> Vec<u8> {
     let mut w = steps.first_weight();
     let mut seen = vec![w];
     while let Some(n) = steps.next_weight(w) {
         w = n;
         seen.push(w);
     }
-    assert_eq!(seen, vec![10, 20, 30, 40, 50]);
+    seen
 }
 
+fn analysis_with(fields: Value) -> Result<Config, ConfigError> {
+    let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+    let a = v["analysis"].as_object_mut().unwrap();
+    for k in [
+        "stepWeight",
+        "maxWeight",
+        "stepWeights",
+        "iterations",
+        "match",
+    ] {
+        a.remove(k);
+    }
+    for (k, val) in fields.as_object().unwrap() {
+        a.insert(k.clone(), val.clone());
+    }
+    parse(v.to_string().as_bytes())
+}
+
+/// Flagger scheduler.go `runCanary`: `if canaryWeight < maxWeight { canaryWeight +=
+/// nextStepWeight }` capped at 100 (totalWeight), promotion once `canaryWeight >= maxWeight`;
+/// `maxWeight` defaults to 100 (`maxWeight()`).
 #[test]
-fn step_list_is_capped_at_max_weight() {
-    let c = with("/analysis/maxWeight", Some(30.into())).unwrap();
-    assert_eq!(c.analysis.steps, Steps::List(vec![1, 5, 10, 25, 30]));
-    assert_eq!(c.analysis.steps.next_weight(25), Some(30));
-    assert_eq!(c.analysis.steps.next_weight(30), None);
+fn step_weight_walks_past_max_weight_as_flagger() {
+    let c = analysis_with(serde_json::json!({"stepWeight": 20, "maxWeight": 50})).unwrap();
+    assert_eq!(c.analysis.steps, Steps::Linear { step: 20, max: 50 });
+    assert_eq!(walk(&c.analysis.steps), vec![20, 40, 60]);
+    assert_eq!(c.analysis.steps.max_weight(), 60);
+    let c = analysis_with(serde_json::json!({"stepWeight": 10, "maxWeight": 50})).unwrap();
+    assert_eq!(walk(&c.analysis.steps), vec![10, 20, 30, 40, 50]);
+    let c = analysis_with(serde_json::json!({"stepWeight": 30})).unwrap();
+    assert_eq!(walk(&c.analysis.steps), vec![30, 60, 90, 100]);
+    // A first step above maxWeight: Flagger takes it, then promotes.
+    let c = analysis_with(serde_json::json!({"stepWeight": 60, "maxWeight": 50})).unwrap();
+    assert_eq!(walk(&c.analysis.steps), vec![60]);
+    assert!(c.analysis.notices.is_empty());
+}
+
+/// Flagger scheduler.go `maxWeight()`: with stepWeights the top is its last entry (at most
+/// 100); `MaxWeight` is not read.
+#[test]
+fn step_weights_ignore_max_weight_as_flagger() {
+    let c = analysis_with(serde_json::json!({"stepWeights": [1, 5, 10, 25, 50], "maxWeight": 30}))
+        .unwrap();
+    assert_eq!(c.analysis.steps, Steps::List(vec![1, 5, 10, 25, 50]));
+    assert_eq!(walk(&c.analysis.steps), vec![1, 5, 10, 25, 50]);
+    assert_eq!(c.analysis.notices.len(), 1);
+    assert!(
+        c.analysis.notices[0].contains("analysis.maxWeight 30 is ignored"),
+        "{:?}",
+        c.analysis.notices
+    );
+}
+
+/// Flagger scheduler.go `nextStepWeight`: `if StepWeight > 0 || len(StepWeights) == 0 { return
+/// StepWeight }`, while `maxWeight()` still returns the last stepWeights entry.
+#[test]
+fn step_weight_wins_over_step_weights_as_flagger() {
+    let c = analysis_with(
+        serde_json::json!({"stepWeight": 10, "maxWeight": 50, "stepWeights": [1, 5, 25]}),
+    )
+    .unwrap();
+    assert_eq!(c.analysis.steps, Steps::Linear { step: 10, max: 25 });
+    assert_eq!(walk(&c.analysis.steps), vec![10, 20, 30]);
+    assert!(
+        c.analysis.notices[0].contains("stepWeight 10"),
+        "{:?}",
+        c.analysis.notices
+    );
+    // stepWeight 0 is Flagger's "not set": the list is used.
+    let c = analysis_with(serde_json::json!({"stepWeight": 0, "stepWeights": [1, 5, 25]})).unwrap();
+    assert_eq!(c.analysis.steps, Steps::List(vec![1, 5, 25]));
+}
+
+/// Flagger v1beta1 canary.go `DeploymentStrategy`: match + iterations is A/B testing (before
+/// anything about weights), iterations alone is Blue/Green.
+#[test]
+fn iterations_pick_ab_testing_or_blue_green_whatever_the_weights() {
+    let m = serde_json::json!([{"headers": {"x-canary": {"exact": "insider"}}}]);
+    let c = analysis_with(
+        serde_json::json!({"iterations": 5, "match": m, "stepWeight": 10, "maxWeight": 50}),
+    )
+    .unwrap();
+    assert_eq!(c.analysis.steps, Steps::Iterations(5));
+    assert_eq!(c.analysis.notices.len(), 2, "{:?}", c.analysis.notices);
+    assert!(c.analysis.notices[0].contains("A/B testing"));
+    let c = analysis_with(serde_json::json!({"iterations": 3})).unwrap();
+    assert_eq!(c.analysis.steps, Steps::BlueGreen(3));
+    assert_eq!(c.analysis.steps.first_weight(), 0);
+    assert_eq!(c.analysis.steps.max_weight(), 100);
+    // iterations 0 is "not set".
+    let c = analysis_with(serde_json::json!({"iterations": 0, "stepWeight": 10})).unwrap();
+    assert_eq!(c.analysis.steps, Steps::Linear { step: 10, max: 100 });
+}
+
+/// Flagger v1beta1 `MetricInterval` ("1m"): the window of a metric without `interval`.
+#[test]
+fn a_metric_without_interval_uses_a_one_minute_window_as_flagger() {
+    let c = with("/analysis/metrics/0/interval", None).unwrap();
+    assert_eq!(c.analysis.metrics[0].window_ms, 60_000);
+    assert_eq!(c.analysis.metrics[1].window_ms, 10_000);
+    assert_eq!(c.analysis.windows_ms(), vec![10_000, 60_000]);
+}
+
+/// Flagger scheduler_metrics.go `runBuiltinMetricChecks`: without thresholdRange, the
+/// deprecated `threshold` is the success rate's minimum and the duration's maximum.
+#[test]
+fn the_deprecated_metric_threshold_is_read_as_flagger_with_a_notice() {
+    let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+    v["analysis"]["metrics"] = serde_json::json!([
+        {"name": "request-success-rate", "threshold": 99, "interval": "1m"},
+        {"name": "request-duration", "threshold": 500, "interval": "30s"},
+        {"name": "request-duration", "threshold": 900, "thresholdRange": {"max": 400}, "interval": "30s"}
+    ]);
+    let c = parse(v.to_string().as_bytes()).unwrap();
+    let m = &c.analysis.metrics;
+    assert_eq!((m[0].min, m[0].max), (Some(99.0), None));
+    assert_eq!((m[1].min, m[1].max), (None, Some(500.0)));
+    assert_eq!(
+        (m[2].min, m[2].max),
+        (None, Some(400.0)),
+        "thresholdRange wins"
+    );
+    let n = &c.analysis.notices;
+    assert_eq!(n.len(), 3, "{n:?}");
+    assert!(
+        n[0].contains("analysis.metrics[0].threshold is deprecated")
+            && n[0].contains("thresholdRange.min 99"),
+        "{n:?}"
+    );
+    assert!(n[1].contains("thresholdRange.max 500"), "{n:?}");
+    assert!(n[2].contains("ignored: thresholdRange is set"), "{n:?}");
 }
 
 #[test]
@@ -158,7 +279,6 @@ fn out_of_range_values_are_refused() {
         "analysis.stepWeights",
         "increasing",
     );
-    rejects("/analysis/maxWeight", 0.into(), "analysis.maxWeight", "0");
     rejects(
         "/analysis/maxWeight",
         150.into(),
@@ -201,15 +321,13 @@ fn out_of_range_values_are_refused() {
 }
 
 #[test]
-fn max_weight_below_first_step_is_refused() {
-    let e = with("/analysis/maxWeight", Some(0.into())).unwrap_err();
-    assert_eq!(e.field, "analysis.maxWeight");
+fn max_weight_out_of_range_is_refused() {
     let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
-    v["analysis"]["stepWeights"] = serde_json::json!([20, 40]);
-    v["analysis"]["maxWeight"] = 10.into();
+    v["analysis"]["stepWeight"] = 10.into();
+    v["analysis"]["maxWeight"] = 101.into();
     let e = parse(v.to_string().as_bytes()).unwrap_err();
     assert_eq!(e.field, "analysis.maxWeight");
-    assert!(e.message.contains("10") && e.message.contains("20"), "{e}");
+    assert!(e.message.contains("101"), "{e}");
 }
 
 #[test]

@@ -91,24 +91,32 @@ pub enum Affinity {
     Cookie { name: String, max_age_s: u64 },
 }
 
-/// How the canary weight moves through the analysis.
+/// How the canary weight moves through the analysis: Flagger's deployment strategies
+/// (`Canary.DeploymentStrategy` and `scheduler.go`: `nextStepWeight`, `maxWeight`,
+/// `runCanary`, `runAB`, `runBlueGreen`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Steps {
-    /// `stepWeight` up to `maxWeight`.
+    /// `stepWeight`: add `step` after each passing check while the weight is below `max`
+    /// (capped at 100, not at `max`: step 20, max 50 walks 20, 40, 60, then promotes).
     Linear { step: u8, max: u8 },
-    /// `stepWeights`, each capped at `maxWeight`, strictly increasing.
+    /// `stepWeights` (strictly increasing): each entry in turn, the last one is the top.
     List(Vec<u8>),
-    /// Flagger's A/B testing: weight stays 0, only `match` traffic reaches the canary, promote
-    /// after this many passing checks.
+    /// Flagger's A/B testing (`iterations` with `match`): weight stays 0, only `match`
+    /// traffic reaches the canary, promote after this many passing checks.
     Iterations(u32),
+    /// Flagger's Blue/Green (`iterations` without `match`): weight 0 for this many passing
+    /// checks (the canary gets no traffic through the proxy: only webhooks are judged), then
+    /// every request to the canary (weight 100) and, after one more passing check there,
+    /// promotion.
+    BlueGreen(u32),
 }
 
 impl Steps {
     pub fn first_weight(&self) -> u8 {
         match self {
-            Steps::Linear { step, max } => (*step).min(*max),
+            Steps::Linear { step, .. } => (*step).min(100),
             Steps::List(list) => list.first().copied().unwrap_or(0),
-            Steps::Iterations(_) => 0,
+            Steps::Iterations(_) | Steps::BlueGreen(_) => 0,
         }
     }
 
@@ -116,20 +124,36 @@ impl Steps {
     /// (the next passing check promotes).
     pub fn next_weight(&self, current: u8) -> Option<u8> {
         match self {
+            // runCanary: `if canaryWeight < maxWeight { canaryWeight += step (at most 100) }`.
             Steps::Linear { step, max } => {
-                (current < *max).then(|| current.saturating_add(*step).min(*max))
+                (current < *max).then(|| current.saturating_add(*step).min(100))
             }
             Steps::List(list) => list.iter().copied().find(|w| *w > current),
-            Steps::Iterations(_) => None,
+            Steps::Iterations(_) | Steps::BlueGreen(_) => None,
         }
     }
 
-    /// Highest weight before promotion.
+    /// Highest weight before promotion (the weight the walk ends on).
     pub fn max_weight(&self) -> u8 {
         match self {
-            Steps::Linear { max, .. } => *max,
+            Steps::Linear { step, max } => {
+                let mut w = (*step).min(100);
+                while w < *max {
+                    w = w.saturating_add(*step).min(100);
+                }
+                w
+            }
             Steps::List(list) => list.last().copied().unwrap_or(0),
             Steps::Iterations(_) => 0,
+            Steps::BlueGreen(_) => 100,
+        }
+    }
+
+    /// The iteration strategies (A/B testing, Blue/Green) count passing checks, not weights.
+    pub fn iterations(&self) -> Option<u32> {
+        match self {
+            Steps::Iterations(n) | Steps::BlueGreen(n) => Some(*n),
+            _ => None,
         }
     }
 }
@@ -169,6 +193,9 @@ pub struct Analysis {
     pub request_timeout_ms: u64,
     /// `webhooks`: Flagger's gates, hooks and event sinks (`config::webhooks`).
     pub webhooks: Vec<Webhook>,
+    /// What the configuration says that Flagger would ignore or has deprecated, one line
+    /// each, logged when the filter takes the configuration (and printed by the check CLI).
+    pub notices: Vec<String>,
 }
 
 /// Flagger's webhook types (`HookType`), with Flagger's semantics (`analyser::hooks`).

@@ -350,11 +350,15 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
         return err("analysis.threshold", "0 must be at least 1");
     }
 
+    let mut notices = Vec::new();
+    let has_match = raw.matches.as_ref().is_some_and(|m| !m.is_empty());
     let steps = check_steps(
         raw.step_weight,
         raw.max_weight,
         raw.step_weights,
         raw.iterations,
+        has_match,
+        &mut notices,
     )?;
 
     let promotion_step = match raw.step_weight_promotion {
@@ -374,16 +378,9 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
     for (i, m) in raw.matches.unwrap_or_default().into_iter().enumerate() {
         matches.push(check_match(i, m.0)?);
     }
-    if matches!(steps, Steps::Iterations(_)) && matches.is_empty() {
-        return err(
-            "analysis.iterations",
-            "A/B testing with iterations needs analysis.match rules",
-        );
-    }
-
     let mut metrics = Vec::new();
     for (i, m) in raw.metrics.unwrap_or_default().into_iter().enumerate() {
-        metrics.push(check_metric(i, m.0, interval_ms)?);
+        metrics.push(check_metric(i, m.0, &mut notices)?);
     }
 
     let request_timeout_ms = match raw.request_timeout {
@@ -392,6 +389,7 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
     };
     let webhooks = super::webhooks::check_webhooks(raw.webhooks)?;
     Ok(Analysis {
+        notices,
         webhooks,
         request_timeout_ms,
         promote_without_metrics: raw.promote_without_metrics.unwrap_or(false),
@@ -420,20 +418,28 @@ fn check_interval(field: &str, text: &str) -> Result<u64, ConfigError> {
     Ok(ms)
 }
 
+/// Flagger's choice of strategy and steps (`Canary.DeploymentStrategy`, `scheduler.go`
+/// `nextStepWeight` and `maxWeight`): `iterations` (> 0) first, A/B testing with `match`,
+/// Blue/Green without; else `stepWeight` (> 0), its top `maxWeight`, or the last
+/// `stepWeights` entry when both are set; else `stepWeights`, whose last entry is the top
+/// (`maxWeight` ignored). A field Flagger would ignore is accepted with a notice.
 fn check_steps(
     step_weight: Option<u32>,
     max_weight: Option<u32>,
     step_weights: Option<Vec<u32>>,
     iterations: Option<u32>,
+    has_match: bool,
+    notices: &mut Vec<String>,
 ) -> Result<Steps, ConfigError> {
+    // Flagger's zero values are "not set".
+    let step_weight = step_weight.filter(|v| *v > 0);
+    let iterations = iterations.filter(|v| *v > 0);
     let max = max_weight
+        .filter(|v| *v > 0)
         .map(|v| weight("analysis.maxWeight", v))
         .transpose()?;
-    match (step_weight, step_weights, iterations) {
-        (_, Some(list), _) => {
-            if list.is_empty() {
-                return err("analysis.stepWeights", "[] must list at least one weight");
-            }
+    let list = match step_weights.filter(|l| !l.is_empty()) {
+        Some(list) => {
             let mut out: Vec<u8> = Vec::with_capacity(list.len());
             for (i, v) in list.iter().enumerate() {
                 let w = weight(&format!("analysis.stepWeights[{i}]"), *v)?;
@@ -445,46 +451,62 @@ fn check_steps(
                 }
                 out.push(w);
             }
+            Some(out)
+        }
+        None => None,
+    };
+    let step = step_weight
+        .map(|v| weight("analysis.stepWeight", v))
+        .transpose()?;
+    if let Some(n) = iterations {
+        let (name, steps) = if has_match {
+            ("A/B testing", Steps::Iterations(n))
+        } else {
+            ("Blue/Green", Steps::BlueGreen(n))
+        };
+        for (field, set) in [
+            ("stepWeight", step.is_some()),
+            ("maxWeight", max.is_some()),
+            ("stepWeights", list.is_some()),
+        ] {
+            if set {
+                notices.push(format!(
+                    "analysis.{field} is ignored: iterations {}makes this {name} (as Flagger)",
+                    if has_match {
+                        "with match "
+                    } else {
+                        "without match "
+                    }
+                ));
+            }
+        }
+        return Ok(steps);
+    }
+    match (step, list) {
+        (Some(step), Some(list)) => {
+            let top = list.last().copied().unwrap_or(100);
+            notices.push(format!(
+                "analysis.stepWeights is used only for its last entry {top} as the top weight: with stepWeight set, the weight moves by stepWeight {step} (as Flagger){}",
+                if max.is_some() { "; analysis.maxWeight is ignored" } else { "" }
+            ));
+            Ok(Steps::Linear { step, max: top })
+        }
+        (Some(step), None) => Ok(Steps::Linear {
+            step,
+            max: max.unwrap_or(100),
+        }),
+        (None, Some(list)) => {
             if let Some(max) = max {
-                let first = out.first().copied().unwrap_or(0);
-                if max < first {
-                    return err(
-                        "analysis.maxWeight",
-                        format!("{max} is below the first step {first}"),
-                    );
-                }
-                // Steps above maxWeight are capped to it (the analysis never passes maxWeight).
-                out.retain(|w| *w < max);
-                out.push(max);
+                let top = list.last().copied().unwrap_or(0);
+                notices.push(format!(
+                    "analysis.maxWeight {max} is ignored: with stepWeights the last entry {top} is the top weight (as Flagger)"
+                ));
             }
-            Ok(Steps::List(out))
+            Ok(Steps::List(list))
         }
-        (Some(step), None, _) => {
-            let step = weight("analysis.stepWeight", step)?;
-            let max = max.unwrap_or(100);
-            if max < step {
-                return err(
-                    "analysis.maxWeight",
-                    format!("{max} is below the first step {step}"),
-                );
-            }
-            Ok(Steps::Linear { step, max })
-        }
-        (None, None, Some(n)) => {
-            if n == 0 {
-                return err("analysis.iterations", "0 must be at least 1");
-            }
-            if max.is_some() {
-                return err(
-                    "analysis.maxWeight",
-                    "does not apply to A/B testing with iterations",
-                );
-            }
-            Ok(Steps::Iterations(n))
-        }
-        (None, None, None) => err(
+        (None, None) => err(
             "analysis",
-            "needs stepWeight, stepWeights or iterations (A/B testing) to know how to progress",
+            "needs stepWeight, stepWeights or iterations (A/B testing with match, Blue/Green without) to know how to progress",
         ),
     }
 }
@@ -533,7 +555,14 @@ fn check_match(i: usize, raw: RawMatch) -> Result<MatchRule, ConfigError> {
     Ok(MatchRule { headers })
 }
 
-fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricCheck, ConfigError> {
+/// Flagger's default metric window (`v1beta1.MetricInterval`) for a metric without `interval`.
+pub const DEFAULT_METRIC_WINDOW_MS: u64 = 60_000;
+
+fn check_metric(
+    i: usize,
+    raw: RawMetric,
+    notices: &mut Vec<String>,
+) -> Result<MetricCheck, ConfigError> {
     let field = format!("analysis.metrics[{i}]");
     if raw.template_ref.is_some() || raw.template_variables.is_some() {
         return err(
@@ -551,11 +580,40 @@ fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricChec
             )
         }
     };
-    let Some(Obj(range)) = raw.threshold_range else {
-        return err(
-            format!("{field}.thresholdRange"),
-            "is required (min, max or both)",
-        );
+    // Flagger (scheduler_metrics.go runBuiltinMetricChecks): thresholdRange when set, else
+    // the deprecated `threshold`, a minimum for the success rate and a maximum for the duration.
+    let range = match (raw.threshold_range, raw.threshold) {
+        (Some(Obj(range)), deprecated) => {
+            if deprecated.is_some() {
+                notices.push(format!(
+                    "{field}.threshold is ignored: thresholdRange is set (as Flagger)"
+                ));
+            }
+            range
+        }
+        (None, Some(t)) => {
+            let bound = if duration { "max" } else { "min" };
+            notices.push(format!(
+                "{field}.threshold is deprecated (Flagger): read as thresholdRange.{bound} {t}; write thresholdRange instead"
+            ));
+            if duration {
+                RawRange {
+                    min: None,
+                    max: Some(t),
+                }
+            } else {
+                RawRange {
+                    min: Some(t),
+                    max: None,
+                }
+            }
+        }
+        (None, None) => {
+            return err(
+                format!("{field}.thresholdRange"),
+                "is required (min, max or both)",
+            )
+        }
     };
     let rfield = format!("{field}.thresholdRange");
     if range.min.is_none() && range.max.is_none() {
@@ -588,7 +646,7 @@ fn check_metric(i: usize, raw: RawMetric, interval_ms: u64) -> Result<MetricChec
     }
     let window_ms = match raw.interval {
         Some(text) => check_interval(&format!("{field}.interval"), &text)?,
-        None => interval_ms,
+        None => DEFAULT_METRIC_WINDOW_MS,
     };
     // The percentile is part of the request-duration kind, not a field every metric carries.
     let kind = match (duration, raw.percentile) {

@@ -150,6 +150,8 @@ pub(super) struct RawStringMatch {
 pub(super) struct RawMetric {
     pub(super) name: String,
     pub(super) threshold_range: Option<Obj<RawRange>>,
+    /// Flagger's deprecated single bound (success rate: min, duration: max).
+    pub(super) threshold: Option<f64>,
     pub(super) interval: Option<String>,
     pub(super) percentile: Option<f64>,
     pub(super) template_ref: Option<Value>,

@@ -14,7 +14,8 @@ pub const FLEET_BUCKETS_PER_WINDOW: u64 = 16;
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
 const MAGIC: &[u8; 4] = b"CGfr";
-const VERSION: u8 = 1;
+// 2: latency buckets of 1/64 of a power of two (were 1/16).
+const VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaRecord {
