@@ -44,7 +44,7 @@ else
 ENVOY_DEP := $(VENV_ENVOY)
 endif
 
-.PHONY: bench-fleet compose-fleet setup-prometheus bench-fixture bench-deps help setup setup-rust setup-etcd setup-python build cli check-config image compose unit integration test lint fmt demo bench fuzz clean
+.PHONY: bench-judge bench-fleet compose-fleet setup-prometheus bench-fixture bench-deps help setup setup-rust setup-etcd setup-python build cli check-config image compose unit integration test lint fmt demo bench fuzz clean
 
 help: ## List the targets (default)
 	@echo "canary-guard: make <target>"
@@ -151,6 +151,10 @@ bench-deps: ## Install wrk (Debian package) if missing
 bench: setup build bench-fixture bench-deps setup-etcd ## Benchmarks (not in make test): core ns/op, proxy A/B/C/D/F (fleet) CPU per request, rollback reaction, fleet propagation, memory -> out/bench/results.md (BENCH_ARGS)
 	cargo bench --bench core
 	$(PY) -m scripts.bench $(BENCH_ARGS)
+
+bench-judge: setup-rust ## The statistical judge vs Flagger's fixed thresholds on synthetic traffic (1,000 runs per cell) -> out/bench-judge.md (JUDGE_RUNS, JUDGE_RPS, JUDGE_MINUTES, JUDGE_MAX_RATIO)
+	@mkdir -p $(OUT)
+	cargo bench --bench judge | tee $(OUT)/bench-judge.md
 
 bench-fleet: setup-python setup-etcd ## Fleet mode's etcd load: N = 10, 100, 1000 simulated replicas against a real etcd -> out/bench-fleet.json (BENCH_FLEET_ARGS)
 	$(PY) scripts/bench_fleet.py $(BENCH_FLEET_ARGS)

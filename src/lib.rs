@@ -33,6 +33,7 @@ pub mod hashing;
 pub mod histogram;
 pub mod host;
 pub mod invalid_config;
+pub mod judge;
 pub mod matcher;
 pub mod metrics;
 pub mod outcome;

@@ -34,6 +34,8 @@ pub struct MetricResult {
     pub value: Option<f64>,
     pub requests: u64,
     pub verdict: Verdict,
+    /// The statistical judge's evidence (vs-stable metrics): counts, ratio, e-value.
+    pub evidence: Option<String>,
 }
 
 impl MetricResult {
@@ -53,6 +55,7 @@ pub fn evaluate(metric: &MetricCheck, min_requests: u64, window: &Tally) -> Metr
             requests: window.requests,
             min_requests,
         },
+        evidence: None,
     };
     if window.requests < min_requests || window.requests == 0 {
         return result;
@@ -65,6 +68,8 @@ pub fn evaluate(metric: &MetricCheck, min_requests: u64, window: &Tally) -> Metr
             Some(micros) => micros / 1000.0,
             None => return result,
         },
+        // Judged against stable by the sequential test (`judge::result`), not on a window.
+        MetricKind::ErrorRateVsStable { .. } | MetricKind::LatencyVsStable { .. } => return result,
     };
     result.value = Some(value);
     result.verdict = match (metric.min, metric.max) {
@@ -97,11 +102,40 @@ impl fmt::Display for MetricResult {
         let unit = match self.kind {
             MetricKind::SuccessRate => "%",
             MetricKind::Duration { .. } => "ms",
+            MetricKind::ErrorRateVsStable { .. } | MetricKind::LatencyVsStable { .. } => "",
         };
         let label = match self.kind {
-            MetricKind::SuccessRate => self.name.clone(),
+            MetricKind::SuccessRate | MetricKind::ErrorRateVsStable { .. } => self.name.clone(),
             MetricKind::Duration { percentile } => format!("{} p{}", self.name, num(percentile)),
+            MetricKind::LatencyVsStable { percentile, .. } => {
+                format!("{} (slow: above stable's p{})", self.name, num(percentile))
+            }
         };
+        if let (
+            MetricKind::ErrorRateVsStable { max_ratio, alpha }
+            | MetricKind::LatencyVsStable {
+                max_ratio, alpha, ..
+            },
+            Some(evidence),
+        ) = (self.kind, &self.evidence)
+        {
+            return match &self.verdict {
+                Verdict::OutOfRange { .. } => write!(
+                    f,
+                    "{label}: canary worse than {}x stable at alpha {alpha} ({evidence})",
+                    num(max_ratio)
+                ),
+                Verdict::NoData {
+                    requests,
+                    min_requests,
+                } => write!(
+                    f,
+                    "no traffic: {requests} requests < minRequests {min_requests} for {}, the canary is probably not receiving traffic",
+                    self.name
+                ),
+                Verdict::Pass => write!(f, "{label} ({evidence})"),
+            };
+        }
         match (&self.verdict, self.value) {
             (Verdict::NoData { requests, min_requests }, _) => write!(
                 f,
@@ -125,7 +159,7 @@ mod tests {
     fn metric(kind: MetricKind, min: Option<f64>, max: Option<f64>) -> MetricCheck {
         let name = match kind {
             MetricKind::SuccessRate => "request-success-rate",
-            MetricKind::Duration { .. } => "request-duration",
+            _ => "request-duration",
         };
         MetricCheck {
             name: name.into(),

@@ -605,6 +605,29 @@ pub fn check(
     (next, events)
 }
 
+/// The statistical judge rejected between checks (`error-rate-vs-stable`,
+/// `latency-vs-stable`): a failed check that rolls back at once, on the tick the evidence
+/// arrived, whatever `threshold` says.
+pub fn reject(
+    cfg: &Config,
+    state: &CanaryState,
+    rejected: &MetricResult,
+    now_ms: u64,
+) -> (CanaryState, Vec<Event>) {
+    let mut next = state.clone();
+    next.failed_checks = state.failed_checks.saturating_add(1);
+    next.phase = Phase::Failed;
+    next.weight = 0;
+    next.last_check_ms = now_ms.max(state.last_check_ms);
+    let event = Event::RolledBack {
+        reasons: vec![format!("{rejected}, rejected at once")],
+        failed: next.failed_checks,
+        threshold: cfg.analysis.threshold,
+        from: state.weight,
+    };
+    (next, vec![event])
+}
+
 /// Why a check failed, one reason per broken metric; metrics without enough data are folded
 /// into one "no traffic" reason (they share the window's request count).
 fn failure_reasons(results: &[MetricResult]) -> Vec<String> {

@@ -19,6 +19,7 @@ pub mod hooks;
 mod log;
 mod revision_counters;
 mod singleton;
+mod vs_stable;
 
 pub use singleton::Singleton;
 
@@ -32,7 +33,8 @@ use crate::metrics::{evaluate, MetricResult};
 use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
 use crate::state_machine::{
-    check, held, is_due, next_check_after_hold, resume, summary, Cause, Event, Found, Gates, Resume,
+    check, held, is_due, next_check_after_hold, reject, resume, summary, Cause, Event, Found,
+    Gates, Resume,
 };
 use crate::store::lease::{self, HolderKind};
 use crate::store::slots::read_all;
@@ -94,6 +96,8 @@ pub struct Analyser {
     revision_counters: RevisionCounters,
     /// After a hold lifted: no check before this scheduled tick.
     resume_at_ms: Option<u64>,
+    /// The statistical judge's tests (`vs_stable`), as last written to shared data.
+    judge: Option<crate::judge::JudgeState>,
 }
 
 /// A check's webhook rounds so far: the gates they gave, and which rounds are done.
@@ -133,6 +137,7 @@ impl Analyser {
             revision_info: revision_info_name(&cfg.name, &cfg.revision),
             revision_counters: RevisionCounters::new(&cfg.name, &cfg.revision),
             resume_at_ms: None,
+            judge: None,
             cfg,
             token,
             kind,
@@ -260,7 +265,10 @@ impl Analyser {
             return;
         }
         let due = self.due(&state, now_ms);
+        // The statistical judge reads the tallies on every tick while the analysis runs.
+        let judging = self.cfg.analysis.has_vs_stable() && state.phase.is_running();
         if !due
+            && !judging
             && self
                 .totals_at_ms
                 .is_some_and(|t| now_ms < t + TOTALS_EVERY_MS)
@@ -268,6 +276,13 @@ impl Analyser {
             return;
         }
         let slots = self.report(store, tel, loaded.bytes, now_ms);
+        if judging {
+            if let Some(rejected) = self.judge_tick(store, tel, &state, &slots, now_ms) {
+                let (next, events) = reject(&self.cfg, &state, &rejected, now_ms);
+                self.write(store, tel, loaded.cas, &[rejected], &next, &events);
+                return;
+            }
+        }
         if !due {
             return;
         }
@@ -514,7 +529,11 @@ impl Analyser {
                         &mut window,
                     );
                 }
-                evaluate(m, a.min_requests, &window)
+                if m.kind.is_vs_stable() {
+                    self.vs_stable_result(m, &window)
+                } else {
+                    evaluate(m, a.min_requests, &window)
+                }
             })
             .collect();
         let (next, events) = check(
@@ -705,7 +724,7 @@ fn judge_in_flight(
 ) {
     let slow_ms = match metric.kind {
         MetricKind::Duration { .. } => metric.max.map(|m| m.max(0.0) as u64),
-        MetricKind::SuccessRate => None,
+        _ => None,
     };
     for start in slot.in_flight_oldest.iter().filter(|t| **t >= started_ms) {
         let age = now_ms.saturating_sub(*start);

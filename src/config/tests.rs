@@ -331,12 +331,103 @@ fn max_weight_out_of_range_is_refused() {
 }
 
 #[test]
+fn vs_stable_metrics_take_max_ratio_and_alpha_and_nothing_of_a_threshold() {
+    let c = with(
+        "/analysis/metrics/0",
+        Some(serde_json::json!({"name": "error-rate-vs-stable", "maxRatio": 1.5, "alpha": 0.01})),
+    )
+    .unwrap();
+    assert_eq!(
+        c.analysis.metrics[0].kind,
+        MetricKind::ErrorRateVsStable {
+            max_ratio: 1.5,
+            alpha: 0.01
+        }
+    );
+    assert_eq!(c.analysis.metrics[0].window_ms, 60_000);
+    assert!(
+        c.analysis.windows_ms().contains(&JUDGE_WINDOW_MS),
+        "the judge's 100 ms buckets"
+    );
+    let c = with(
+        "/analysis/metrics/1",
+        Some(serde_json::json!({"name": "latency-vs-stable", "maxRatio": 1.2})),
+    )
+    .unwrap();
+    assert_eq!(
+        c.analysis.metrics[1].kind,
+        MetricKind::LatencyVsStable {
+            percentile: 99.0,
+            max_ratio: 1.2,
+            alpha: 0.01
+        }
+    );
+    let m = |extra: Value| {
+        let mut v = serde_json::json!({"name": "error-rate-vs-stable", "maxRatio": 1.5});
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        v
+    };
+    let at = "/analysis/metrics/0";
+    rejects(
+        at,
+        serde_json::json!({"name": "error-rate-vs-stable"}),
+        "analysis.metrics[0].maxRatio",
+        "required",
+    );
+    rejects(
+        at,
+        m(serde_json::json!({"maxRatio": 0.5})),
+        "analysis.metrics[0].maxRatio",
+        "0.5",
+    );
+    rejects(
+        at,
+        m(serde_json::json!({"alpha": 0.5})),
+        "analysis.metrics[0].alpha",
+        "0.5",
+    );
+    rejects(
+        at,
+        m(serde_json::json!({"thresholdRange": {"max": 1}})),
+        "analysis.metrics[0].thresholdRange",
+        "maxRatio",
+    );
+    rejects(
+        at,
+        m(serde_json::json!({"percentile": 99})),
+        "analysis.metrics[0].percentile",
+        "99",
+    );
+    rejects(
+        at,
+        serde_json::json!({"name": "latency-vs-stable", "maxRatio": 1.2, "percentile": 100}),
+        "analysis.metrics[0].percentile",
+        "100",
+    );
+    rejects(
+        at,
+        serde_json::json!({"name": "request-success-rate", "thresholdRange": {"min": 99}, "maxRatio": 2}),
+        "analysis.metrics[0].maxRatio",
+        "only applies",
+    );
+    // Not in fleet mode yet.
+    let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+    v["analysis"]["metrics"][0] = m(serde_json::json!({}));
+    v["fleet"] = serde_json::json!({"etcdCluster": "etcd"});
+    let e = parse(v.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "analysis.metrics");
+    assert!(e.message.contains("fleet mode"), "{e}");
+}
+
+#[test]
 fn unsupported_metrics_list_what_is_supported() {
     rejects(
         "/analysis/metrics/0",
         serde_json::json!({"name": "error-rate", "thresholdRange": {"max": 1}}),
         "analysis.metrics[0].name",
-        "supports request-success-rate and request-duration",
+        "supports request-success-rate, request-duration, error-rate-vs-stable and latency-vs-stable",
     );
     rejects(
         "/analysis/metrics/1",

@@ -164,7 +164,30 @@ pub enum MetricKind {
     SuccessRate,
     /// `request-duration`: this percentile (0, 100] of canary request duration, in milliseconds.
     Duration { percentile: f64 },
+    /// `error-rate-vs-stable`: the sequential test (`judge`) that the canary's error rate is
+    /// more than `max_ratio` times stable's, at level `alpha`.
+    ErrorRateVsStable { max_ratio: f64, alpha: f64 },
+    /// `latency-vs-stable`: the same test on slow requests, those above stable's `percentile`.
+    LatencyVsStable {
+        percentile: f64,
+        max_ratio: f64,
+        alpha: f64,
+    },
 }
+
+impl MetricKind {
+    /// The statistical judge's metrics (compared with stable, on every tick).
+    pub fn is_vs_stable(self) -> bool {
+        matches!(
+            self,
+            MetricKind::ErrorRateVsStable { .. } | MetricKind::LatencyVsStable { .. }
+        )
+    }
+}
+
+/// The finest bucket series the statistical judge reads (`bucket_ms_for` gives 100 ms buckets),
+/// kept beside the metric windows when a vs-stable metric is configured.
+pub const JUDGE_WINDOW_MS: u64 = 6_400;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricCheck {
@@ -241,6 +264,11 @@ pub struct Webhook {
 }
 
 impl Analysis {
+    /// Whether a metric compares the canary with stable (the statistical judge runs).
+    pub fn has_vs_stable(&self) -> bool {
+        self.metrics.iter().any(|m| m.kind.is_vs_stable())
+    }
+
     /// The webhooks of one type, in configuration order.
     pub fn hooks(&self, kind: HookType) -> impl Iterator<Item = &Webhook> {
         self.webhooks.iter().filter(move |w| w.kind == kind)
@@ -272,6 +300,9 @@ impl Analysis {
         let mut w: Vec<u64> = self.metrics.iter().map(|m| m.window_ms).collect();
         if w.is_empty() {
             w.push(self.interval_ms);
+        }
+        if self.has_vs_stable() {
+            w.push(JUDGE_WINDOW_MS);
         }
         w.sort_unstable();
         w.dedup();

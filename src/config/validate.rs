@@ -57,6 +57,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let grpc_error_codes = check_grpc_codes(raw.grpc_error_codes)?;
     let fleet = raw.fleet.map(|f| check_fleet(f.0)).transpose()?;
+    if fleet.is_some() && analysis.has_vs_stable() {
+        return err(
+            "analysis.metrics",
+            "error-rate-vs-stable and latency-vs-stable are not supported in fleet mode yet (the judge would need every replica's event stream); use them per proxy, or request-success-rate and request-duration in fleet mode",
+        );
+    }
     Ok(Config {
         namespace,
         grpc_error_codes,
@@ -382,6 +388,16 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
     for (i, m) in raw.metrics.unwrap_or_default().into_iter().enumerate() {
         metrics.push(check_metric(i, m.0, &mut notices)?);
     }
+    let judged = metrics.iter().filter(|m| m.kind.is_vs_stable()).count();
+    if judged > crate::judge::MAX_TESTS {
+        return err(
+            "analysis.metrics",
+            format!(
+                "{judged} vs-stable metrics: at most {}",
+                crate::judge::MAX_TESTS
+            ),
+        );
+    }
 
     let request_timeout_ms = match raw.request_timeout {
         Some(text) => check_interval("analysis.requestTimeout", &text)?,
@@ -555,6 +571,87 @@ fn check_match(i: usize, raw: RawMatch) -> Result<MatchRule, ConfigError> {
     Ok(MatchRule { headers })
 }
 
+/// `error-rate-vs-stable` and `latency-vs-stable`: `maxRatio` (required), `alpha` (default
+/// 0.01), for latency `percentile` (default 99); no thresholds (the test is the threshold).
+fn check_vs_stable(field: &str, raw: RawMetric) -> Result<MetricCheck, ConfigError> {
+    if raw.template_ref.is_some() || raw.template_variables.is_some() {
+        return err(
+            format!("{field}.templateRef"),
+            "does not apply to a vs-stable metric",
+        );
+    }
+    if raw.threshold_range.is_some() || raw.threshold.is_some() {
+        return err(
+            format!("{field}.thresholdRange"),
+            format!(
+                "does not apply to {}: the canary is judged against stable with maxRatio and alpha",
+                raw.name
+            ),
+        );
+    }
+    let max_ratio = match raw.max_ratio {
+        Some(r) if r.is_finite() && (1.0..=100.0).contains(&r) => r,
+        Some(r) => {
+            return err(
+                format!("{field}.maxRatio"),
+                format!("{r} must be between 1 and 100 (how many times stable's rate the canary may have)"),
+            )
+        }
+        None => {
+            return err(
+                format!("{field}.maxRatio"),
+                "is required: how many times stable's rate the canary may have (1.5: at most 50% worse)",
+            )
+        }
+    };
+    let alpha = match raw.alpha {
+        None => 0.01,
+        Some(a) if a.is_finite() && (1e-6..=0.2).contains(&a) => a,
+        Some(a) => {
+            return err(
+                format!("{field}.alpha"),
+                format!("{a} must be between 0.000001 and 0.2 (the false rollback rate allowed)"),
+            )
+        }
+    };
+    let window_ms = match raw.interval {
+        Some(text) => check_interval(&format!("{field}.interval"), &text)?,
+        None => DEFAULT_METRIC_WINDOW_MS,
+    };
+    let kind = if raw.name == "latency-vs-stable" {
+        let percentile = match raw.percentile {
+            None => 99.0,
+            Some(p) if p > 0.0 && p < 100.0 => p,
+            Some(p) => {
+                return err(
+                    format!("{field}.percentile"),
+                    format!("{p} must be in (0, 100): slow is above stable's percentile"),
+                )
+            }
+        };
+        MetricKind::LatencyVsStable {
+            percentile,
+            max_ratio,
+            alpha,
+        }
+    } else {
+        if let Some(p) = raw.percentile {
+            return err(
+                format!("{field}.percentile"),
+                format!("{p} only applies to request-duration and latency-vs-stable"),
+            );
+        }
+        MetricKind::ErrorRateVsStable { max_ratio, alpha }
+    };
+    Ok(MetricCheck {
+        name: raw.name,
+        kind,
+        min: None,
+        max: None,
+        window_ms,
+    })
+}
+
 /// Flagger's default metric window (`v1beta1.MetricInterval`) for a metric without `interval`.
 pub const DEFAULT_METRIC_WINDOW_MS: u64 = 60_000;
 
@@ -573,13 +670,25 @@ fn check_metric(
     let duration = match raw.name.as_str() {
         "request-success-rate" => false,
         "request-duration" => true,
+        "error-rate-vs-stable" | "latency-vs-stable" => return check_vs_stable(&field, raw),
         other => {
             return err(
                 format!("{field}.name"),
-                format!("{other:?} is not supported; canary-guard supports request-success-rate and request-duration"),
+                format!("{other:?} is not supported; canary-guard supports request-success-rate, request-duration, error-rate-vs-stable and latency-vs-stable"),
             )
         }
     };
+    for (set, name) in [
+        (raw.max_ratio.is_some(), "maxRatio"),
+        (raw.alpha.is_some(), "alpha"),
+    ] {
+        if set {
+            return err(
+                format!("{field}.{name}"),
+                "only applies to error-rate-vs-stable and latency-vs-stable",
+            );
+        }
+    }
     // Flagger (scheduler_metrics.go runBuiltinMetricChecks): thresholdRange when set, else
     // the deprecated `threshold`, a minimum for the success rate and a maximum for the duration.
     let range = match (raw.threshold_range, raw.threshold) {

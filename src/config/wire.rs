@@ -154,6 +154,10 @@ pub(super) struct RawMetric {
     pub(super) threshold: Option<f64>,
     pub(super) interval: Option<String>,
     pub(super) percentile: Option<f64>,
+    /// The vs-stable metrics: the canary may be this many times worse than stable...
+    pub(super) max_ratio: Option<f64>,
+    /// ...at this level (false rollbacks of a canary within the ratio at most alpha).
+    pub(super) alpha: Option<f64>,
     pub(super) template_ref: Option<Value>,
     pub(super) template_variables: Option<Value>,
 }

@@ -24,6 +24,8 @@ pub struct Keys {
     pub command: String,
     /// The last decisions, for the control endpoint's status.
     pub decisions: String,
+    /// The statistical judge's tests (`judge::JudgeState`).
+    pub judge: String,
     slot_prefix: String,
 }
 
@@ -36,6 +38,7 @@ impl Keys {
             served: format!("canary-guard/{canary}/served"),
             command: format!("canary-guard/{canary}/command"),
             decisions: format!("canary-guard/{canary}/decisions"),
+            judge: format!("canary-guard/{canary}/judge"),
             slot_prefix: format!("canary-guard/{canary}/slot/"),
         }
     }

@@ -410,6 +410,27 @@ fn invariants(c: &Config) -> Result<(), String> {
         if !(MIN_INTERVAL_MS..=MAX_WINDOW_MS).contains(&m.window_ms) {
             return fail("a metric window out of range");
         }
+        if m.kind.is_vs_stable() {
+            let (ratio, alpha, percentile) = match m.kind {
+                MetricKind::ErrorRateVsStable { max_ratio, alpha } => (max_ratio, alpha, 50.0),
+                MetricKind::LatencyVsStable {
+                    percentile,
+                    max_ratio,
+                    alpha,
+                } => (max_ratio, alpha, percentile),
+                _ => (0.0, 0.0, 0.0),
+            };
+            let ok = (1.0..=100.0).contains(&ratio)
+                && (1e-6..=0.2).contains(&alpha)
+                && percentile > 0.0
+                && percentile < 100.0
+                && m.min.is_none()
+                && m.max.is_none();
+            if !ok {
+                return fail("a vs-stable metric out of range");
+            }
+            continue;
+        }
         if m.min.is_none() && m.max.is_none() {
             return fail("a metric without bounds");
         }
@@ -420,11 +441,11 @@ fn invariants(c: &Config) -> Result<(), String> {
         }
         let bounds_ok = [m.min, m.max].into_iter().flatten().all(|v| match m.kind {
             MetricKind::SuccessRate => (0.0..=100.0).contains(&v),
-            MetricKind::Duration { .. } => v.is_finite() && v >= 0.0,
+            _ => v.is_finite() && v >= 0.0,
         });
         let percentile_ok = match m.kind {
-            MetricKind::SuccessRate => true,
             MetricKind::Duration { percentile } => percentile > 0.0 && percentile <= 100.0,
+            _ => true,
         };
         if !bounds_ok || !percentile_ok {
             return fail("a metric bound or percentile out of range");
