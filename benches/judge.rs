@@ -119,7 +119,14 @@ impl Flagger {
     }
 }
 
-fn run(cell: Cell, rng: &mut Rng, rps: u64, horizon_ms: u64, max_ratio: f64, alpha: f64) -> Outcome {
+fn run(
+    cell: Cell,
+    rng: &mut Rng,
+    rps: u64,
+    horizon_ms: u64,
+    max_ratio: f64,
+    alpha: f64,
+) -> Outcome {
     let per_tick = rps * TICK_MS / 1000;
     let mut test = SequentialTest::default();
     let mut flagger = Flagger::new();
@@ -220,7 +227,9 @@ fn main() {
     println!(
         "ours: error-rate-vs-stable maxRatio {max_ratio} alpha {alpha}, on every tick | Flagger: request-success-rate min 99, interval 1m, threshold 3"
     );
-    println!("burst: a shared outage failing 20% of every request on both sides from 2:00 to 3:00\n");
+    println!(
+        "burst: a shared outage failing 20% of every request on both sides from 2:00 to 3:00\n"
+    );
     let mut cells = Vec::new();
     for stable_err in [0.01, 0.001] {
         for weight in [0.05, 0.10, 0.50] {
@@ -308,5 +317,8 @@ fn main() {
             );
         }
     }
-    println!("\n(bench-judge took {:.1} s)", started.elapsed().as_secs_f64());
+    println!(
+        "\n(bench-judge took {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -675,9 +675,10 @@ fn promote_step(cfg: &Config, next: &mut CanaryState, events: &mut Vec<Event>) {
 pub fn summary(results: &[MetricResult]) -> String {
     results
         .iter()
-        .map(|r| match r.value {
-            Some(v) => format!("{} {} ({} req)", r.name, num(v), r.requests),
-            None => format!("{} n/a ({} req)", r.name, r.requests),
+        .map(|r| match (&r.evidence, r.value) {
+            (Some(evidence), _) => format!("{} ({evidence})", r.name),
+            (None, Some(v)) => format!("{} {} ({} req)", r.name, num(v), r.requests),
+            (None, None) => format!("{} n/a ({} req)", r.name, r.requests),
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -455,6 +455,14 @@ class Backends(Envoy):
             assert got == str(v), f"runtime {k} is {got!r} after runtime_modify, wanted {v}"
 
 
+    def set_stable_fault(self, abort_percent: int = 0) -> None:
+        """Make stable answer 500 to abort_percent% of requests (a shared outage when the
+        canary gets the same); 0 heals it."""
+        self.admin_post("/runtime_modify", **{"stable.fault.abort_percent": str(abort_percent)})
+        got = self.admin_get("/runtime").json()["entries"].get("stable.fault.abort_percent", {})
+        assert got.get("final_value") == str(abort_percent), got
+
+
 class ListenerTraffic:
     """Requests to a proxy's ingress listener (`listener_port`)."""
 
