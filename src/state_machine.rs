@@ -860,6 +860,38 @@ mod tests {
         assert!(!is_due(&cfg, &s, 60_000));
     }
 
+    /// Deliberate differences from Flagger (README, "Differences from Flagger"). Flagger's
+    /// advanceCanary counts the failed check (`SetStatusFailedChecks`) and rolls back at its
+    /// next tick (`FailedChecks >= GetAnalysisThreshold()` checked before the analysis), then
+    /// `SyncStatus` resets failedChecks; here the check that reaches the threshold rolls back,
+    /// and failedChecks stays in the state.
+    #[test]
+    fn the_rollback_comes_on_the_check_reaching_the_threshold_and_failed_checks_stay() {
+        let cfg = example(); // threshold 3
+        let (mut s, _) = start(&cfg, 0);
+        for i in 1..=3u64 {
+            let (n, ev) = check(&cfg, &s, &failing(&cfg), &Gates::OPEN, i * 1000);
+            s = n;
+            if i < 3 {
+                assert_eq!(s.phase, Phase::Progressing, "{ev:?}");
+            }
+        }
+        assert_eq!((s.phase, s.weight, s.failed_checks), (Phase::Failed, 0, 3));
+    }
+
+    /// Flagger's runPromotionTrafficShift shifts traffic while Promoting without analysing;
+    /// here the stable cluster still runs the old release, so checks go on and can roll back.
+    #[test]
+    fn checks_keep_running_while_promoting_and_can_roll_back() {
+        let cfg = with("/analysis/stepWeightPromotion", Some(20.into())).unwrap();
+        let mut s = start(&cfg, 0).0;
+        s.phase = Phase::Promoting;
+        s.weight = 70;
+        s.failed_checks = 2;
+        let (n, _) = check(&cfg, &s, &failing(&cfg), &Gates::OPEN, 5000);
+        assert_eq!((n.phase, n.weight), (Phase::Failed, 0));
+    }
+
     /// Flagger scheduler.go: one ticker per canary keeps its schedule while suspended
     /// (`advanceCanary` returns early on `Spec.Suspend`).
     #[test]

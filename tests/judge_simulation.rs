@@ -97,3 +97,44 @@ fn a_canary_failing_every_request_is_rolled_back_within_a_few_ticks() {
         rollbacks(&s)
     );
 }
+
+fn latency_judged() -> String {
+    config(&[
+        ("/analysis/interval", json!("2s")),
+        (
+            "/analysis/metrics",
+            json!([{"name": "latency-vs-stable", "percentile": 90, "maxRatio": 1.5, "alpha": 0.01, "interval": "2s"}]),
+        ),
+    ])
+}
+
+#[test]
+fn latency_vs_stable_passes_a_canary_as_fast_as_stable_and_rolls_back_a_slower_one() {
+    // Stable answers in 20-25 ms; so does the first canary.
+    let mut same = Sim::new(Mode::Singleton, 2, &latency_judged());
+    same.load = 6;
+    same.backend.canary_ms = 20;
+    assert!(same.run_until(30_000, |s| s.phase().is_some_and(|p| !p.is_running())));
+    assert_eq!(
+        same.phase(),
+        Some(Phase::Succeeded),
+        "{:?}",
+        rollbacks(&same)
+    );
+    // 3 ms slower: most of its requests are above stable's p90 (~24.5 ms).
+    let mut slow = Sim::new(Mode::Singleton, 2, &latency_judged());
+    slow.load = 6;
+    slow.backend.canary_ms = 23;
+    assert!(
+        slow.run_until(30_000, |s| s.phase() == Some(Phase::Failed)),
+        "{:?}",
+        slow.history
+    );
+    let line = &rollbacks(&slow)[0];
+    assert!(
+        line.contains(
+            "latency-vs-stable (slow: above stable's p90): canary worse than 1.5x stable"
+        ) && line.contains("slow requests"),
+        "{line}"
+    );
+}
