@@ -259,23 +259,25 @@ impl JudgeState {
 /// slot on its own tick, so a bucket read at its end could still miss a worker's last requests.
 pub const READ_LAG_MS: u64 = 200;
 
-/// The judge's buckets (the finest series of every worker's slot) that ended `READ_LAG_MS`
-/// before `now_ms` and start at or after `cursor_ms`, summed over the slots and sorted by
-/// start: `(start, canary, stable)`. Buckets are cut from the analysis start in every worker,
-/// so equal starts are the same span of time.
+/// The judge's buckets (its series, `window_ms`, of every worker's slot or replica's record)
+/// that ended `lag_ms` before `now_ms` and start at or after `cursor_ms`, summed and sorted by
+/// start: `(start, canary, stable)`. Buckets are cut from the analysis start everywhere, so
+/// equal starts are the same span of time.
 pub fn completed_buckets(
     slots: &[SlotRecord],
+    window_ms: u64,
     cursor_ms: u64,
     now_ms: u64,
+    lag_ms: u64,
 ) -> Vec<(u64, Tally, Tally)> {
     let mut out: Vec<(u64, Tally, Tally)> = Vec::new();
     for slot in slots {
-        let Some(series) = slot.series.first() else {
+        let Some(series) = slot.series.iter().find(|s| s.window_ms == window_ms) else {
             continue;
         };
         for b in &series.buckets {
             let ended = b.start_ms.saturating_add(series.bucket_ms);
-            if b.start_ms < cursor_ms || ended.saturating_add(READ_LAG_MS) > now_ms {
+            if b.start_ms < cursor_ms || ended.saturating_add(lag_ms) > now_ms {
                 continue;
             }
             match out.binary_search_by_key(&b.start_ms, |e| e.0) {

@@ -416,7 +416,7 @@ pub fn is_start_check(cfg: &Config, state: &CanaryState) -> bool {
         && state.weight == 0
         && state.iterations == 0
         && match a.steps {
-            Steps::Iterations(_) => a.has_hooks(HookType::PreRollout),
+            Steps::Iterations(_) | Steps::BlueGreen(_) => a.has_hooks(HookType::PreRollout),
             _ => a.has_hooks(HookType::PreRollout) || a.has_hooks(HookType::ConfirmTrafficIncrease),
         }
 }

@@ -538,3 +538,53 @@ fn every_follower_shows_the_judges_decisions_and_refuses_forged_ones() {
         before
     );
 }
+
+fn judged_fleet() -> String {
+    fleet_config(&[
+        ("/analysis/interval", json!("2s")),
+        (
+            "/analysis/metrics",
+            json!([{"name": "error-rate-vs-stable", "maxRatio": 1.5, "alpha": 0.01, "interval": "4s"}]),
+        ),
+    ])
+}
+
+#[test]
+fn the_judge_runs_the_statistical_test_on_the_fleets_traffic_and_every_replica_follows() {
+    // 3x stable's error rate, traffic spread over three replicas (2, 2, 1 per 10 ms step).
+    let mut bad = Fleet::new(&[2, 2, 1], &judged_fleet());
+    for r in &mut bad.replicas {
+        r.backend.stable_5xx_pct = 5;
+        r.backend.canary_5xx_pct = 15;
+    }
+    assert!(
+        bad.run_until(40_000, |f| f.all(Phase::Failed)),
+        "{:?}",
+        bad.written
+    );
+    let judge = bad.judges()[0];
+    let line = bad.replicas[judge]
+        .tel
+        .logs
+        .iter()
+        .map(|(_, m)| m.clone())
+        .find(|m| m.contains("rolling back"))
+        .unwrap();
+    assert!(
+        line.contains("error-rate-vs-stable: canary worse than 1.5x stable") && line.contains("rejected at once"),
+        "{line}"
+    );
+    let rollbacks: u64 = bad.replicas.iter().map(|r| r.counter(Stat::Rollbacks)).sum();
+    assert_eq!(rollbacks, 1, "one rollback, by the judge");
+    // A shared outage (both at 5%): promoted on every replica.
+    let mut shared = Fleet::new(&[2, 2, 1], &judged_fleet());
+    for r in &mut shared.replicas {
+        r.backend.stable_5xx_pct = 5;
+        r.backend.canary_5xx_pct = 5;
+    }
+    assert!(
+        shared.run_until(60_000, |f| f.all(Phase::Succeeded)),
+        "{:?}",
+        shared.written
+    );
+}

@@ -20,9 +20,10 @@ use crate::fleet::etcd::{self, EtcdError, Kv, Request};
 use crate::fleet::record::{merge_slots, ReplicaRecord};
 use crate::fleet::{escape, poll_ms, publish_ms, replica_id, stale_states, FleetKeys, STATES_KEPT};
 use crate::host::{HttpCalls, Level, OutCall, RootHost, SharedStore, Stat, Telemetry};
+use crate::judge::READ_LAG_MS;
 use crate::metrics::MetricResult;
 use crate::state::{CanaryState, Phase};
-use crate::state_machine::{is_due, resume, summary, Event, Found, Resume};
+use crate::state_machine::{is_due, reject, resume, summary, Event, Found, Resume};
 use crate::store::slots::read_all;
 use crate::tally::Totals;
 use std::collections::BTreeSet;
@@ -404,9 +405,14 @@ impl Analyser {
                 let as_of = now_ms.saturating_sub(publish_ms(self.cfg.analysis.interval_ms));
                 // Between checks (and after the analysis) the judge still reads the records
                 // now and then: the replica count and the fleet totals stay current.
+                // The statistical judge reads them every publication period while it runs.
+                let every = if self.judging(&state) {
+                    publish_ms(self.cfg.analysis.interval_ms)
+                } else {
+                    self.cfg.analysis.interval_ms.max(RECORDS_EVERY_MS)
+                };
                 if is_due(&self.cfg, &state, as_of) || now_ms >= agent.next_records_ms {
-                    agent.next_records_ms =
-                        now_ms + self.cfg.analysis.interval_ms.max(RECORDS_EVERY_MS);
+                    agent.next_records_ms = now_ms + every;
                     let req = etcd::range_prefix(&keys.replicas);
                     self.send(agent, host, tel, req, Call::Records, now_ms);
                 }
@@ -681,7 +687,7 @@ impl Analyser {
             }
             Call::Records => {
                 let range = etcd::parse_range(status, body)?;
-                self.on_records(agent, &range.kvs, tel, host, now_ms)?;
+                self.on_records(agent, &range.kvs, store, tel, host, now_ms)?;
             }
             Call::ForwardCommand | Call::ShareDecisions => {
                 etcd::parse_put(status, body)?;
@@ -919,10 +925,12 @@ impl Analyser {
     }
 
     /// The judge's check on the fleet's records.
+    #[allow(clippy::too_many_arguments)]
     fn on_records(
         &mut self,
         agent: &mut Agent,
         kvs: &[Kv],
+        store: &dyn SharedStore,
         tel: &mut dyn Telemetry,
         host: &mut dyn HttpCalls,
         now_ms: u64,
@@ -972,12 +980,30 @@ impl Analyser {
         let (Some(fence), Some(f)) = (agent.judge, agent.followed.clone()) else {
             return Ok(());
         };
+        let slots: Vec<_> = records.into_iter().map(|r| r.tally).collect();
+        let publish = publish_ms(self.cfg.analysis.interval_ms);
+        // The statistical judge on the fleet's buckets, a publication period after they end
+        // (every replica has published them by then).
+        if self.judging(&f.state) && !(self.cfg.suspend || self.paused) {
+            let lag = publish + READ_LAG_MS;
+            if let Some(rejected) = self.judge_tick(store, tel, &f.state, &slots, now_ms, lag) {
+                let (next, events) = reject(&self.cfg, &f.state, &rejected, now_ms);
+                let write = StateWrite {
+                    fence,
+                    seen_mod: f.mod_revision,
+                    next,
+                    events,
+                    results: vec![rejected],
+                };
+                self.write_fleet_state(agent, &keys, host, tel, write, now_ms);
+                return Ok(());
+            }
+        }
         // The check is as of one publication period back: every replica has published it.
-        let to = now_ms.saturating_sub(publish_ms(self.cfg.analysis.interval_ms));
+        let to = now_ms.saturating_sub(publish);
         if !self.due(&f.state, to) {
             return Ok(());
         }
-        let slots: Vec<_> = records.into_iter().map(|r| r.tally).collect();
         // The check's webhooks first (rounds answered on later ticks; the records are read
         // again once they are done).
         let Some(gates) = self.checked(tel, host, &f.state, &slots, to, now_ms) else {

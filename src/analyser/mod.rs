@@ -29,6 +29,7 @@ use crate::host::{
     revision_info_name, Decision, HttpCalls, Level, RootHost, SetError, SharedStore, Stat,
     Telemetry,
 };
+use crate::judge::READ_LAG_MS;
 use crate::metrics::{evaluate, MetricResult};
 use crate::outcome::Side;
 use crate::state::{CanaryState, Phase};
@@ -266,7 +267,7 @@ impl Analyser {
         }
         let due = self.due(&state, now_ms);
         // The statistical judge reads the tallies on every tick while the analysis runs.
-        let judging = self.cfg.analysis.has_vs_stable() && state.phase.is_running();
+        let judging = self.judging(&state);
         if !due
             && !judging
             && self
@@ -277,7 +278,8 @@ impl Analyser {
         }
         let slots = self.report(store, tel, loaded.bytes, now_ms);
         if judging {
-            if let Some(rejected) = self.judge_tick(store, tel, &state, &slots, now_ms) {
+            if let Some(rejected) = self.judge_tick(store, tel, &state, &slots, now_ms, READ_LAG_MS)
+            {
                 let (next, events) = reject(&self.cfg, &state, &rejected, now_ms);
                 self.write(store, tel, loaded.cas, &[rejected], &next, &events);
                 return;
@@ -468,7 +470,8 @@ impl Analyser {
             + state_bytes
             + value_len(store, &self.keys.lease)
             + value_len(store, &self.keys.config)
-            + value_len(store, &self.keys.served);
+            + value_len(store, &self.keys.served)
+            + value_len(store, &self.keys.judge);
         tel.gauge(name, Stat::SharedBytes, shared);
         // p99 of each side over the shortest metric window, for dashboards (canary vs stable).
         let window = self.cfg.analysis.windows_ms().first().copied().unwrap_or(0);

@@ -25,6 +25,12 @@ impl Analyser {
             .filter(|m| m.kind.is_vs_stable())
     }
 
+    /// Whether the statistical judge runs on this state: a vs-stable metric and a running
+    /// analysis.
+    pub(super) fn judging(&self, state: &CanaryState) -> bool {
+        self.cfg.analysis.judge_window_ms.is_some() && state.phase.is_running()
+    }
+
     /// This revision's judge state: the one this analyser holds, else the one in shared data
     /// (a new leader, a reload), else a fresh one from the analysis start. One that does not
     /// validate, or is another revision's, starts afresh: evidence lost is never a rollback.
@@ -44,7 +50,8 @@ impl Analyser {
     }
 
     /// Feeds the buckets completed since the last tick to every vs-stable test; the first
-    /// rejection, if any, as a failed metric result.
+    /// rejection, if any, as a failed metric result. `slots`: this proxy's worker slots, or in
+    /// fleet mode (the judge) every replica's record, read `lag_ms` after a bucket ends.
     pub(super) fn judge_tick(
         &mut self,
         store: &dyn SharedStore,
@@ -52,9 +59,11 @@ impl Analyser {
         state: &CanaryState,
         slots: &[SlotRecord],
         now_ms: u64,
+        lag_ms: u64,
     ) -> Option<MetricResult> {
+        let window = self.cfg.analysis.judge_window_ms?;
         let mut judge = self.judge_state(store, state);
-        let buckets = completed_buckets(slots, judge.cursor_ms, now_ms);
+        let buckets = completed_buckets(slots, window, judge.cursor_ms, now_ms, lag_ms);
         if buckets.is_empty() {
             self.judge = Some(judge);
             return None;

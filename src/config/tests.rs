@@ -412,13 +412,21 @@ fn vs_stable_metrics_take_max_ratio_and_alpha_and_nothing_of_a_threshold() {
         "analysis.metrics[0].maxRatio",
         "only applies",
     );
-    // Not in fleet mode yet.
+    // Fleet mode: a series long enough for the judge to read every replica's buckets a
+    // publication period (5 s at interval 1m) after they end.
     let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
     v["analysis"]["metrics"][0] = m(serde_json::json!({}));
+    v["analysis"]["interval"] = "1m".into();
     v["fleet"] = serde_json::json!({"etcdCluster": "etcd"});
-    let e = parse(v.to_string().as_bytes()).unwrap_err();
-    assert_eq!(e.field, "analysis.metrics");
-    assert!(e.message.contains("fleet mode"), "{e}");
+    let c = parse(v.to_string().as_bytes()).unwrap();
+    assert_eq!(c.analysis.judge_window_ms, Some(20_000));
+    assert_eq!(
+        with("/analysis/metrics/0", Some(m(serde_json::json!({}))))
+            .unwrap()
+            .analysis
+            .judge_window_ms,
+        Some(JUDGE_WINDOW_MS)
+    );
 }
 
 #[test]

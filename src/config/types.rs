@@ -185,9 +185,20 @@ impl MetricKind {
     }
 }
 
-/// The finest bucket series the statistical judge reads (`bucket_ms_for` gives 100 ms buckets),
-/// kept beside the metric windows when a vs-stable metric is configured.
+/// The bucket series the statistical judge reads on a single proxy (`bucket_ms_for` gives
+/// 100 ms buckets), kept beside the metric windows when a vs-stable metric is configured.
 pub const JUDGE_WINDOW_MS: u64 = 6_400;
+
+/// The judge's series window: `JUDGE_WINDOW_MS` on a single proxy; in fleet mode long enough
+/// that every replica's record still holds a bucket when the judge reads it, a publication
+/// period (and the read lag) after it ended: four publication periods.
+pub fn judge_window_ms(interval_ms: u64, fleet: bool) -> u64 {
+    if fleet {
+        JUDGE_WINDOW_MS.max(4 * crate::fleet::publish_ms(interval_ms))
+    } else {
+        JUDGE_WINDOW_MS
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricCheck {
@@ -219,6 +230,8 @@ pub struct Analysis {
     /// What the configuration says that Flagger would ignore or has deprecated, one line
     /// each, logged when the filter takes the configuration (and printed by the check CLI).
     pub notices: Vec<String>,
+    /// The statistical judge's bucket series (`judge_window_ms`), with a vs-stable metric.
+    pub judge_window_ms: Option<u64>,
 }
 
 /// Flagger's webhook types (`HookType`), with Flagger's semantics (`analyser::hooks`).
@@ -301,8 +314,8 @@ impl Analysis {
         if w.is_empty() {
             w.push(self.interval_ms);
         }
-        if self.has_vs_stable() {
-            w.push(JUDGE_WINDOW_MS);
+        if let Some(judge) = self.judge_window_ms {
+            w.push(judge);
         }
         w.sort_unstable();
         w.dedup();

@@ -57,11 +57,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let grpc_error_codes = check_grpc_codes(raw.grpc_error_codes)?;
     let fleet = raw.fleet.map(|f| check_fleet(f.0)).transpose()?;
-    if fleet.is_some() && analysis.has_vs_stable() {
-        return err(
-            "analysis.metrics",
-            "error-rate-vs-stable and latency-vs-stable are not supported in fleet mode yet (the judge would need every replica's event stream); use them per proxy, or request-success-rate and request-duration in fleet mode",
-        );
+    let mut analysis = analysis;
+    if fleet.is_some() && analysis.judge_window_ms.is_some() {
+        analysis.judge_window_ms = Some(judge_window_ms(analysis.interval_ms, true));
     }
     Ok(Config {
         namespace,
@@ -404,7 +402,9 @@ fn check_analysis(raw: RawAnalysis) -> Result<Analysis, ConfigError> {
         None => DEFAULT_REQUEST_TIMEOUT_MS,
     };
     let webhooks = super::webhooks::check_webhooks(raw.webhooks)?;
+    let judge_window_ms = (judged > 0).then(|| judge_window_ms(interval_ms, false));
     Ok(Analysis {
+        judge_window_ms,
         notices,
         webhooks,
         request_timeout_ms,
