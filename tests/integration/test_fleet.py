@@ -401,3 +401,25 @@ def test_make_demo_fleet_mode_shows_one_decision(tmp_path):
     assert out.count("fleet judge acquired") == 1, out[-6000:]
     # The quietest replica's own traffic (5%) is below minRequests: the fleet's carried it.
     assert "replica-3: " in out and "no traffic" not in out, out[-6000:]
+
+
+def test_the_statistical_judge_decides_on_the_fleets_traffic(launcher, backends, etcd):
+    # Stable fails 5%, the canary 15% (3x): the judge's error-rate-vs-stable test on every
+    # replica's records rolls back at once, and every replica follows; threshold 10 and no other
+    # metric, so only the test can roll back.
+    backends.set_stable_fault(abort_percent=5)
+    backends.set_canary_fault(abort_percent=15)
+    cfg = canary_cfg(interval="4s", threshold=10, stepWeights=[20, 40, 60, 80], minRequests=20,
+                     metrics=[{"name": "error-rate-vs-stable", "maxRatio": 1.5, "alpha": 0.01,
+                               "interval": "10s"}])
+    proxies = fleet(launcher, backends, etcd, cfg, n=2)
+    with Loads(proxies, (120, 80)):
+        for p in proxies:
+            wait_phase(p, FAILED, timeout=90)
+    (judge,) = judges(proxies)
+    lines = [l for l in judge.log_text().splitlines() if "rolling back" in l]
+    assert len(lines) == 1 and "error-rate-vs-stable: canary worse than 1.5x stable" in lines[0], lines
+    assert "rejected at once" in lines[0], lines[0]
+    assert sum(stat(p, "rollbacks", 0) for p in proxies) == 1
+    for p in proxies:
+        assert stat(p, "weight") == 0
