@@ -12,6 +12,7 @@
 //! and the median and p90 canary requests and seconds to the rollback.
 
 use canary_guard::judge::{Batch, SequentialTest};
+use canary_guard::testkit::traffic::Rng;
 use std::time::Instant;
 
 const TICK_MS: u64 = 100;
@@ -21,44 +22,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// splitmix64: small, fast, and good enough for traffic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Binomial(n, p) by inversion (n is small here: one tick of one side).
-    fn binomial(&mut self, n: u64, p: f64) -> u64 {
-        if p <= 0.0 || n == 0 {
-            return 0;
-        }
-        if p >= 1.0 {
-            return n;
-        }
-        let u = self.unit();
-        let q = 1.0 - p;
-        let mut pmf = q.powi(n as i32);
-        let mut cdf = pmf;
-        let mut k = 0u64;
-        while u > cdf && k < n {
-            pmf *= (n - k) as f64 / (k + 1) as f64 * p / q;
-            k += 1;
-            cdf += pmf;
-        }
-        k
-    }
 }
 
 #[derive(Clone, Copy)]

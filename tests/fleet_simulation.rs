@@ -549,14 +549,21 @@ fn judged_fleet() -> String {
     ])
 }
 
+/// Three replicas (2, 2 and 1 requests per 10 ms step) judged against stable, each side
+/// failing this percentage of its requests.
+fn judged_fleet_failing(stable_pct: u64, canary_pct: u64) -> Fleet {
+    let mut f = Fleet::new(&[2, 2, 1], &judged_fleet());
+    for r in &mut f.replicas {
+        r.backend.stable_5xx_pct = stable_pct;
+        r.backend.canary_5xx_pct = canary_pct;
+    }
+    f
+}
+
 #[test]
 fn the_judge_runs_the_statistical_test_on_the_fleets_traffic_and_every_replica_follows() {
     // 3x stable's error rate, traffic spread over three replicas (2, 2, 1 per 10 ms step).
-    let mut bad = Fleet::new(&[2, 2, 1], &judged_fleet());
-    for r in &mut bad.replicas {
-        r.backend.stable_5xx_pct = 5;
-        r.backend.canary_5xx_pct = 15;
-    }
+    let mut bad = judged_fleet_failing(5, 15);
     assert!(
         bad.run_until(40_000, |f| f.all(Phase::Failed)),
         "{:?}",
@@ -571,17 +578,18 @@ fn the_judge_runs_the_statistical_test_on_the_fleets_traffic_and_every_replica_f
         .find(|m| m.contains("rolling back"))
         .unwrap();
     assert!(
-        line.contains("error-rate-vs-stable: canary worse than 1.5x stable") && line.contains("rejected at once"),
+        line.contains("error-rate-vs-stable: canary worse than 1.5x stable")
+            && line.contains("rejected at once"),
         "{line}"
     );
-    let rollbacks: u64 = bad.replicas.iter().map(|r| r.counter(Stat::Rollbacks)).sum();
+    let rollbacks: u64 = bad
+        .replicas
+        .iter()
+        .map(|r| r.counter(Stat::Rollbacks))
+        .sum();
     assert_eq!(rollbacks, 1, "one rollback, by the judge");
     // A shared outage (both at 5%): promoted on every replica.
-    let mut shared = Fleet::new(&[2, 2, 1], &judged_fleet());
-    for r in &mut shared.replicas {
-        r.backend.stable_5xx_pct = 5;
-        r.backend.canary_5xx_pct = 5;
-    }
+    let mut shared = judged_fleet_failing(5, 5);
     assert!(
         shared.run_until(60_000, |f| f.all(Phase::Succeeded)),
         "{:?}",

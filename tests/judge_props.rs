@@ -11,25 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use canary_guard::judge::{Batch, JudgeState, SequentialTest};
+use canary_guard::testkit::traffic::Rng;
 use proptest::prelude::*;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn binomial(&mut self, n: u64, p: f64) -> u64 {
-        (0..n).filter(|_| self.unit() < p).count() as u64
-    }
-}
 
 /// One run: 1 s batches of 100 requests for 30 minutes, the weight stepping 5, 10, 25, 50 every
 /// few minutes, stable's error rate drifting and now and then bursting (a shared outage).

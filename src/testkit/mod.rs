@@ -12,6 +12,7 @@ pub mod fake_etcd;
 pub mod fake_host;
 pub mod fake_loadtester;
 pub mod sim;
+pub mod traffic;
 
 /// The README example configuration (header affinity, one `match` rule, two 10 s metrics, 1 s
 /// interval, steps 1, 5, 10, 25, 50): the unit tests, the simulation and the core benchmark all
