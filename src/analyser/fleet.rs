@@ -984,7 +984,7 @@ impl Analyser {
         let publish = publish_ms(self.cfg.analysis.interval_ms);
         // The statistical judge on the fleet's buckets, a publication period after they end
         // (every replica has published them by then).
-        if self.judging(&f.state) && !(self.cfg.suspend || self.paused) {
+        if self.judging(&f.state) {
             let lag = publish + READ_LAG_MS;
             if let Some(rejected) = self.judge_tick(store, tel, &f.state, &slots, now_ms, lag) {
                 let (next, events) = reject(&self.cfg, &f.state, &rejected, now_ms);
@@ -1164,8 +1164,8 @@ fn etcd_call<'a>(conf: &'a config::Fleet, req: &'a Request) -> OutCall<'a> {
     }
 }
 
-/// One txn that reads the state, the judge key and the operator's command (no compare: its
-/// success branch runs).
+/// One txn that reads the state, the judge key, the operator's command and the judge's last
+/// decisions (no compare: its success branch runs).
 fn poll(keys: &FleetKeys) -> Request {
     etcd::read_keys(&[&keys.state, &keys.judge, &keys.command, &keys.decisions])
 }

@@ -25,10 +25,12 @@ impl Analyser {
             .filter(|m| m.kind.is_vs_stable())
     }
 
-    /// Whether the statistical judge runs on this state: a vs-stable metric and a running
-    /// analysis.
+    /// Whether the statistical judge runs on this state: a vs-stable metric, a running
+    /// analysis, and no hold (`suspend`, an operator's pause).
     pub(super) fn judging(&self, state: &CanaryState) -> bool {
-        self.cfg.analysis.judge_window_ms.is_some() && state.phase.is_running()
+        self.cfg.analysis.judge_window_ms.is_some()
+            && state.phase.is_running()
+            && !(self.cfg.suspend || self.paused)
     }
 
     /// This revision's judge state: the one this analyser holds, else the one in shared data

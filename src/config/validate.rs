@@ -34,7 +34,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let upstreams = check_upstreams(raw.upstreams.0)?;
     let affinity = check_affinity(raw.session_affinity.map(|a| a.0))?;
-    let analysis = check_analysis(raw.analysis.0)?;
+    let mut analysis = check_analysis(raw.analysis.0)?;
     let restart_policy = match raw.restart_policy.as_deref() {
         None | Some("hold") => RestartPolicy::Hold,
         Some("restart") => RestartPolicy::Restart,
@@ -57,7 +57,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let grpc_error_codes = check_grpc_codes(raw.grpc_error_codes)?;
     let fleet = raw.fleet.map(|f| check_fleet(f.0)).transpose()?;
-    let mut analysis = analysis;
     if fleet.is_some() && analysis.judge_window_ms.is_some() {
         analysis.judge_window_ms = Some(judge_window_ms(analysis.interval_ms, true));
     }

@@ -398,12 +398,14 @@ fn invariants(c: &Config) -> Result<(), String> {
         return fail("threshold, minRequests or stepWeightPromotion out of range");
     }
     match &a.steps {
-        Steps::Linear { step, max } if (1..=100).contains(step) && step <= max && *max <= 100 => {}
+        // Flagger's walk: a first step above maxWeight is taken, then promotion.
+        Steps::Linear { step, max } if (1..=100).contains(step) && (1..=100).contains(max) => {}
         Steps::List(list)
             if !list.is_empty()
                 && list.iter().all(|w| (1..=100).contains(w))
                 && list.windows(2).all(|w| w[0] < w[1]) => {}
         Steps::Iterations(n) if *n >= 1 && !a.matches.is_empty() => {}
+        Steps::BlueGreen(n) if *n >= 1 && a.matches.is_empty() => {}
         other => return fail(&format!("bad steps {other:?}")),
     }
     for m in &a.metrics {
