@@ -35,32 +35,34 @@ impl RevisionCounters {
     /// Counts what `totals` grew by since the previous call. A sum that went down (a slot
     /// became unreadable, or was reset) is a new baseline, never a negative count.
     pub fn report(&mut self, tel: &mut dyn Telemetry, totals: &Totals) {
-        let now = [
-            totals.stable_requests,
-            totals.stable_errors,
-            totals.canary_requests,
-            totals.canary_errors,
-        ];
-        if let Some(last) = &self.last {
-            let before = [
-                last.stable_requests,
-                last.stable_errors,
-                last.canary_requests,
-                last.canary_errors,
-            ];
-            for ((name, now), before) in self.names.iter().zip(now).zip(before) {
-                if now > before {
-                    tel.count_named(name, now - before);
+        let now = fields(totals);
+        match self.last.map(|last| fields(&last)) {
+            Some(before) => {
+                for ((name, now), before) in self.names.iter().zip(now).zip(before) {
+                    if now > before {
+                        tel.count_named(name, now - before);
+                    }
                 }
             }
-        } else {
             // Defined at once, so the revision's series exist from its first report.
-            for name in &self.names {
-                tel.count_named(name, 0);
+            None => {
+                for name in &self.names {
+                    tel.count_named(name, 0);
+                }
             }
         }
         self.last = Some(*totals);
     }
+}
+
+/// The sums in the order of `RevisionCounters::names`.
+fn fields(t: &Totals) -> [u64; 4] {
+    [
+        t.stable_requests,
+        t.stable_errors,
+        t.canary_requests,
+        t.canary_errors,
+    ]
 }
 
 #[cfg(test)]
